@@ -1,0 +1,3 @@
+"""tfseg: small, fast semantic segmentation for embedded devices (tf_keras)."""
+
+__version__ = "0.1.0"
