@@ -7,6 +7,12 @@ class DataError(ValueError):
     The message always names the file (or split) and the offending value.
     """
 
+    # AutoGraph turns exception types it does not know into a StagingError when they are raised
+    # while tracing (e.g. inside model.fit); this makes it let ours through unchanged.
+    ag_pass_through = True
+
 
 class ConfigError(ValueError):
     """Arguments that do not fit together, e.g. a model whose class count differs from the data's."""
+
+    ag_pass_through = True

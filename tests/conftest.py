@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny image/mask folders written with Pillow into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Writes a uint8 (H, W, 3) image; the format follows the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+    return path
+
+
+def write_mask(path: Path, labels: np.ndarray) -> Path:
+    """Writes a uint8 (H, W) index mask as a single-channel PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(labels, np.uint8)).save(path)  # 2-D uint8 -> mode "L"
+    return path
+
+
+def random_example(rng, size=(24, 32), num_classes=3, ignore_fraction=0.05, void_value=255):
+    """A random image and a blocky label map (with some pixels set to ``void_value``)."""
+    h, w = size
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    coarse = rng.integers(0, num_classes, (h // 4 + 1, w // 4 + 1))
+    labels = np.kron(coarse, np.ones((4, 4), int))[:h, :w]
+    labels[rng.random((h, w)) < ignore_fraction] = void_value
+    return image, labels.astype(np.uint8)
+
+
+@pytest.fixture
+def make_folder(tmp_path):
+    """Factory: ``make_folder(n=3, size=(24, 32), num_classes=3, ...) -> (image_dir, mask_dir, examples)``.
+
+    ``examples`` is the list of ``(image, labels)`` arrays written, in file-name order. Images are
+    lossless PNG unless ``image_suffix`` says otherwise.
+    """
+    counter = iter(range(1000))
+
+    def make(n=3, size=(24, 32), num_classes=3, image_suffix=".png", seed=0, void_value=255, sizes=None):
+        root = tmp_path / f"set{next(counter)}"
+        image_dir, mask_dir = root / "train", root / "trainannot"
+        image_dir.mkdir(parents=True)
+        mask_dir.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        examples = []
+        for i in range(n):
+            image, labels = random_example(
+                rng, sizes[i] if sizes else size, num_classes=num_classes, void_value=void_value
+            )
+            write_image(image_dir / f"img{i:02d}{image_suffix}", image)
+            write_mask(mask_dir / f"img{i:02d}.png", labels)
+            examples.append((image, labels))
+        return image_dir, mask_dir, examples
+
+    return make
+
+
+@pytest.fixture
+def folder_split(make_folder):
+    """A tiny 3-class folder split of 4 images of 24x32 and the arrays that were written."""
+    from tfseg import data
+
+    image_dir, mask_dir, examples = make_folder(n=4)
+    return data.folder(image_dir, mask_dir, num_classes=3), examples

@@ -1,0 +1,96 @@
+"""Writing model files so that a crash or a kill never leaves one half-written."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from tfseg._keras import keras
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then renames it over ``path``.
+
+    The temporary name keeps the suffix, because Keras picks the save format from it. ``os.replace``
+    is atomic on one filesystem, so readers see either the old file or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_model(model, path: str | os.PathLike) -> Path:
+    """Saves a model atomically, in the format its suffix names (``.keras`` or ``.h5``)."""
+    # The .keras format refuses include_optimizer; for .h5 the optimizer state is not worth its size.
+    options = {"include_optimizer": False} if str(path).endswith(".h5") else {}
+    return atomic_write(path, lambda tmp: model.save(tmp, **options))
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Writes JSON atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    return atomic_write(path, write)
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Keeps the best model by a monitored metric, saved atomically, and survives a resume.
+
+    Unlike Keras' ModelCheckpoint, the best value is stored beside the model (``<path>.json``), so
+    that a run resumed by BackupAndRestore does not overwrite a better model from before the kill.
+
+    Args:
+      path: model file (``.keras`` or ``.h5``).
+      monitor: a log key, e.g. ``"val_miou"``.
+      mode: ``"max"`` or ``"min"``.
+    """
+
+    def __init__(self, path, monitor: str = "val_miou", mode: str = "max"):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.state_path = self.path.with_name(self.path.name + ".json")
+        self.best = -math.inf if mode == "max" else math.inf
+        if self.state_path.exists():
+            self.best = json.loads(self.state_path.read_text())["best"]
+
+    def _improved(self, value: float) -> bool:
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(
+                f"BestModelCheckpoint monitors {self.monitor!r}, but the logs only have "
+                f"{sorted(logs)}; pass validation data or monitor another key"
+            )
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best = value
+            save_model(self.model, self.path)
+            write_json(self.state_path, {"best": value, "epoch": epoch + 1, "monitor": self.monitor})

@@ -1,0 +1,192 @@
+"""The ``tfseg`` command: a thin layer over the library functions.
+
+    tfseg quickstart                       train + evaluate a small U-Net on built-in synthetic scenes
+    tfseg train --dataset camvid ...       train any zoo model on any dataset
+    tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
+    tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from tfseg.errors import ConfigError, DataError
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'96' -> (96, 96); '360x480' -> (360, 480)."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW (e.g. 360x480), got {text!r}")
+    return values
+
+
+def _data_options(args) -> dict:
+    options = {}
+    if args.data_dir:
+        options["root"] = args.data_dir
+    for item in args.data_option or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--data-option takes KEY=VALUE, got {item!r}")
+        if re.fullmatch(r"-?\d+", value):
+            options[key] = int(value)
+        elif re.fullmatch(r"\d+x\d+", value):
+            options[key] = _size(value)
+        else:
+            options[key] = value
+    return options
+
+
+def _add_data_args(p, default_dataset="scenes"):
+    p.add_argument("--dataset", default=default_dataset, help="scenes (built-in synthetic), camvid or folder")
+    p.add_argument("--data-dir", help="dataset root (e.g. ../shared/data/camvid)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="extra dataset option, repeatable (e.g. num_images=64)")
+
+
+def _cmd_train(args) -> int:
+    from tfseg.run import TrainConfig, train_run
+
+    config = TrainConfig(
+        out_dir=args.out, model=args.model, dataset=args.dataset, data_options=_data_options(args),
+        crop_size=args.crop_size, eval_size=args.eval_size, batch_size=args.batch_size, epochs=args.epochs,
+        loss=args.loss, class_weights=args.class_weights, optimizer=args.optimizer,
+        learning_rate=args.lr, schedule=args.schedule, augment=not args.no_augment, seed=args.seed,
+    )
+    if args.width or args.depth:
+        config.model_options = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}
+    _, _, scores = train_run(config)
+    print(f"\nval mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from tfseg import data as seg_data
+    from tfseg.evaluate import evaluate
+    from tfseg.run import load_run, run_record
+
+    model, _ = load_run(args.run_dir, args.which)
+    record = run_record(args.run_dir)
+    dataset = args.dataset or record["dataset"]
+    options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
+    split = seg_data.load(dataset, args.split, **options)
+    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
+    out = Path(args.out or Path(args.run_dir) / "eval" / args.split)
+    scores = evaluate(model, split, image_size=size, batch_size=args.batch_size, out_dir=out,
+                      num_overlays=args.overlays)
+    print(f"\n{dataset}/{args.split}: mIoU {100 * scores['miou']:.2f}, pixel accuracy "
+          f"{100 * scores['pixel_accuracy']:.2f}; report in {out}")
+    return 0
+
+
+def _cmd_check_data(args) -> int:
+    from tfseg import data as seg_data
+
+    for split_name in args.splits:
+        split = seg_data.load(args.dataset, split_name, **_data_options(args))
+        seg_data.check(split)
+        print(f"{split.name}: {len(split)} images OK, {split.info.num_classes} classes")
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from tfseg import data as seg_data
+    from tfseg.evaluate import evaluate
+    from tfseg.run import TrainConfig, load_run, train_run
+
+    start = time.time()
+    out = Path(args.out)
+    config = TrainConfig(out_dir=str(out), epochs=args.epochs)
+    print(f"tfseg quickstart: U-Net ({config.model}) on synthetic scenes, {config.epochs} epochs -> {out}")
+    train_run(config)
+    print("\nTest split, full label resolution:")
+    best, _ = load_run(out)
+    model_scores = evaluate(best, seg_data.load(config.dataset, "test"), image_size=config.crop_size,
+                            out_dir=out / "eval" / "test")
+    print(f"\nDone in {time.time() - start:.0f} s. Test mIoU {100 * model_scores['miou']:.2f}.")
+    print(f"Look at {out}/curves.png, {out}/eval/test/overlays/ and {out}/eval/test/confusion.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quickstart", help="train and evaluate a small U-Net on built-in synthetic scenes")
+    q.add_argument("--out", default="tfseg_quickstart")
+    q.add_argument("--epochs", type=int, default=8)
+    q.set_defaults(func=_cmd_quickstart)
+
+    t = sub.add_parser("train", help="train a zoo model")
+    t.add_argument("--model", default="unet_small")
+    t.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
+    t.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
+    _add_data_args(t)
+    t.add_argument("--crop-size", type=_size, default=(96, 96), help="training input size, N or HxW")
+    t.add_argument("--eval-size", type=_size, help="model input size for validation (default: crop size)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--loss", default="ce", choices=("ce", "dice", "ce+dice"))
+    t.add_argument("--class-weights", choices=("median",), help="median-frequency class weights")
+    t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--schedule", default="poly", choices=("constant", "poly", "cosine"))
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run directory (resumes if it holds a killed run)")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
+    e.add_argument("run_dir")
+    e.add_argument("--which", default="best", choices=("best", "last"))
+    e.add_argument("--split", default="test")
+    e.add_argument("--dataset", help="default: the run's dataset")
+    e.add_argument("--data-dir")
+    e.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    e.add_argument("--image-size", type=_size, help="model input size (default: the run's)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--overlays", type=int, default=6)
+    e.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
+    e.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser("check-data", help="decode every file of some splits and report the first bad one")
+    _add_data_args(c, default_dataset="camvid")
+    c.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    c.set_defaults(func=_cmd_check_data)
+    return parser
+
+
+def _data_error_text(error) -> str | None:
+    """The DataError message inside a TF error raised from a tf.data pipeline, if there is one."""
+    match = re.search(r"DataError: (.*)", str(error))
+    return match.group(1).strip() if match else None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError, FileNotFoundError) as e:
+        print(f"tfseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a DataError raised inside tf.data arrives wrapped in a TF error
+        text = _data_error_text(e)
+        if text is None:
+            raise
+        print(f"tfseg {args.command}: error: {text}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

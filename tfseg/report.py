@@ -1,0 +1,109 @@
+"""Pictures people would rather look at than read: overlays, training curves, confusion matrices."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from tfseg.checkpoint import atomic_write
+from tfseg.data.info import DatasetInfo
+
+IGNORE_COLOUR = (0, 0, 0)
+
+
+def colourize(labels: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """Maps an (H, W) label map to an (H, W, 3) uint8 RGB picture with the dataset's palette."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:] = IGNORE_COLOUR
+    lut[: info.num_classes] = np.asarray(info.palette, dtype=np.uint8)
+    return lut[np.clip(labels, 0, 255).astype(np.uint8)]
+
+
+MIN_PANEL_HEIGHT = 200
+
+
+def overlay_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """Side by side: image | ground truth | prediction blended over the image, at the label size.
+
+    Panels smaller than ``MIN_PANEL_HEIGHT`` are enlarged by an integer factor (nearest neighbour,
+    so label edges stay exact) to be readable.
+    """
+    factor = max(1, -(-MIN_PANEL_HEIGHT // truth.shape[0]))
+    if factor > 1:
+        truth = np.kron(truth, np.ones((factor, factor), dtype=truth.dtype))
+        prediction = np.kron(prediction, np.ones((factor, factor), dtype=prediction.dtype))
+    h, w = truth.shape
+    image = np.asarray(image)
+    if image.shape[:2] != (h, w):
+        image = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    image = image.astype(np.uint8)
+    blended = (0.45 * image + 0.55 * colourize(prediction, info)).astype(np.uint8)
+    gap = np.full((h, 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([image, gap, colourize(truth, info), gap, blended], axis=1)
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda tmp: Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="PNG"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on devices and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """Plots every logged quantity against the epoch from a Keras CSVLogger file (train vs. val)."""
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    keys = [k for k in rows[0] if k not in ("epoch", "lr") and not k.startswith("val_")]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, style in ((key, "-"), ("val_" + key, "--")):
+            if name in rows[0]:
+                ax.plot(epochs, [float(r[name]) for r in rows], style, marker="o", ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix (rows: ground truth) as a heat map."""
+    cm = np.asarray(cm, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    plt = _pyplot()
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    for i in range(n):
+        for j in range(n):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)

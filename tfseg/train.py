@@ -1,0 +1,185 @@
+"""Compiling and fitting segmentation models with the callbacks a long CPU run needs.
+
+``fit`` wraps ``model.fit`` with: a best-model checkpoint written atomically, BackupAndRestore so
+that a killed run resumes from its last finished epoch, a CSV log (appended across resumes), a
+TensorBoard log and a curves plot refreshed every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tfseg import losses as seg_losses
+from tfseg import metrics as seg_metrics
+from tfseg._keras import keras
+from tfseg.checkpoint import BestModelCheckpoint, save_model
+from tfseg.errors import ConfigError
+from tfseg.report import plot_curves
+
+LOSS_NAMES = ("ce", "dice", "ce+dice")
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+SCHEDULE_NAMES = ("constant", "poly", "cosine")
+
+
+def progress_verbosity(verbose="auto"):
+    """Keras verbosity: a live bar (1) on a terminal, one line per epoch (2) in logs and CI."""
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return verbose
+
+
+def make_loss(name: str, num_classes: int, class_weights: Sequence[float] | None = None):
+    """Builds a segmentation loss by name: ``"ce"``, ``"dice"`` or ``"ce+dice"``."""
+    if name == "ce":
+        return seg_losses.SegmentationCrossEntropy(num_classes=num_classes, class_weights=class_weights)
+    if name == "dice":
+        if class_weights is not None:
+            raise ConfigError("class weights apply to cross entropy; the Dice loss takes none")
+        return seg_losses.DiceLoss(num_classes=num_classes)
+    if name == "ce+dice":
+        return seg_losses.CEDiceLoss(num_classes=num_classes, class_weights=class_weights)
+    raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+
+
+def make_schedule(learning_rate: float, schedule: str = "poly", total_steps: int | None = None):
+    """A learning rate (``constant``) or a schedule decaying to 0 over ``total_steps``.
+
+    ``poly`` is DeepLab's ``lr * (1 - step/total)^0.9``; ``cosine`` is half a cosine.
+    """
+    if schedule not in SCHEDULE_NAMES:
+        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+    if schedule == "constant":
+        return learning_rate
+    if not total_steps:
+        raise ConfigError(f"the {schedule!r} schedule needs total_steps (epochs x steps per epoch)")
+    if schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(learning_rate, total_steps, end_learning_rate=0.0, power=0.9)
+    return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+
+
+def make_optimizer(
+    name: str = "adam",
+    learning_rate: float = 1e-3,
+    schedule: str = "poly",
+    total_steps: int | None = None,
+    weight_decay: float = 1e-4,
+):
+    """Builds ``adam``, ``adamw`` (with ``weight_decay``) or ``sgd`` (Nesterov momentum 0.9) with a schedule."""
+    lr = make_schedule(learning_rate, schedule, total_steps)
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
+
+
+def segmentation_metrics(num_classes: int) -> list:
+    """The metrics shown in the progress bar: mean IoU and pixel accuracy."""
+    return [seg_metrics.MeanIoU(num_classes, name="miou"), seg_metrics.PixelAccuracy(num_classes, name="pixel_accuracy")]
+
+
+def check_output_classes(model, num_classes: int):
+    """Raises ConfigError when the model's output channels are not the dataset's class count."""
+    channels = model.output_shape[-1]
+    if channels != num_classes:
+        raise ConfigError(
+            f"model {model.name!r} outputs {channels} channels (classes) but the data has "
+            f"{num_classes} classes; rebuild the model with num_classes={num_classes}"
+        )
+
+
+def compile_for_segmentation(
+    model,
+    num_classes: int,
+    *,
+    loss: str = "ce",
+    class_weights: Sequence[float] | None = None,
+    optimizer=None,
+):
+    """Checks the class count, then compiles with a segmentation loss and mIoU/pixel-accuracy metrics."""
+    check_output_classes(model, num_classes)
+    model.compile(
+        optimizer=optimizer or make_optimizer(schedule="constant"),
+        loss=make_loss(loss, num_classes, class_weights),
+        metrics=segmentation_metrics(num_classes),
+    )
+    return model
+
+
+class CurvesPlot(keras.callbacks.Callback):
+    """Redraws ``curves.png`` from the CSV log after every epoch, so a run can be watched."""
+
+    def __init__(self, log_csv, path):
+        super().__init__()
+        self.log_csv, self.path = log_csv, path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if os.path.exists(self.log_csv):
+            plot_curves(self.log_csv, self.path)
+
+
+def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", tensorboard: bool = True) -> list:
+    """The callbacks of ``fit``, in an order where the log is written before it is plotted."""
+    out = Path(out_dir)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        BestModelCheckpoint(out / "best.keras", monitor=monitor, mode="min" if "loss" in monitor else "max"),
+        keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
+        CurvesPlot(out / "log.csv", out / "curves.png"),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))
+    return callbacks
+
+
+def fit(
+    model,
+    train_data,
+    val_data,
+    out_dir: str | os.PathLike,
+    epochs: int,
+    *,
+    monitor: str = "val_miou",
+    callbacks: Sequence = (),
+    steps_per_epoch: int | None = None,
+    verbose="auto",
+    tensorboard: bool = True,
+):
+    """Fits a compiled model, writing ``best.keras``, ``last.keras``, ``log.csv`` and ``curves.png`` to out_dir.
+
+    If out_dir holds the backup of a killed run, training resumes after its last finished epoch.
+
+    Args:
+      model: a compiled model (see ``compile_for_segmentation``).
+      train_data, val_data: batched datasets of (images, masks).
+      out_dir: run directory.
+      epochs: total epochs (a resumed run continues up to this number).
+      monitor: the log key that picks the best model.
+      callbacks: extra callbacks, run after the standard ones.
+
+    Returns:
+      The Keras History of this (possibly resumed) fit.
+    """
+    if val_data is None and monitor.startswith("val_"):
+        monitor = monitor[len("val_"):]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=training_callbacks(out, monitor, tensorboard) + list(callbacks),
+        verbose=progress_verbosity(verbose),
+    )
+    save_model(model, out / "last.keras")
+    # BackupAndRestore deletes its checkpoint when fit() ends but leaves the folder behind.
+    backup = out / "backup"
+    if backup.is_dir() and not any(backup.iterdir()):
+        backup.rmdir()
+    return history
