@@ -45,7 +45,7 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     schedule: str = "poly"
-    augment: bool = True
+    augment: dict | None = dataclasses.field(default_factory=dict)  # Augment options; None: no augmentation
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -75,7 +75,7 @@ def train_run(config: TrainConfig, verbose="auto"):
         raise ValueError(f"class_weights must be None or 'median', got {config.class_weights!r}")
 
     model = models.build(config.model, (None, None, 3), info.num_classes, **config.model_options)
-    augment = seg_data.Augment() if config.augment else None
+    augment = seg_data.Augment(**config.augment) if config.augment is not None else None
     train_data = seg_data.train_pipeline(
         train_split, config.crop_size, config.batch_size, augment=augment, seed=config.seed
     )
