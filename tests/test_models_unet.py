@@ -9,7 +9,10 @@ def test_unet_outputs_logits_at_input_resolution_with_named_layers():
     model = models.build("unet", (64, 96, 3), num_classes=4, depth=3, width=4)
     assert model.output_shape == (None, 64, 96, 4)
     names = {layer.name for layer in model.layers}
-    assert {"normalize", "enc1_a_conv", "bottleneck_b_relu", "dec1_concat", "logits"} <= names
+    assert {"normalize", "enc1_a_conv", "bottleneck_b_bn", "dec1_concat", "logits"} <= names
+    eps = models.endpoints(model)
+    assert list(eps) == ["features", "decoder", "logits"]
+    assert eps["features"].output_shape == (None, 8, 12, 32) and eps["decoder"].output_shape == (None, 64, 96, 4)
     # flat functional graph: no nested models (TF-MOT and filter surgery need that)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tfseg.models.common import ENDPOINT_NAMES, endpoints
 from tfseg.models.unet import build_unet
 
 # name -> (builder, fixed options). Each builder stays directly callable.
@@ -41,4 +42,4 @@ def build(name: str, input_shape, num_classes: int, **options):
     return builder(input_shape=tuple(input_shape), num_classes=num_classes, **{**defaults, **options})
 
 
-__all__ = ["available", "build", "build_unet"]
+__all__ = ["ENDPOINT_NAMES", "available", "build", "build_unet", "endpoints"]

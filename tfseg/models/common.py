@@ -23,14 +23,19 @@ def normalize(x, name: str = "normalize"):
     return layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)(x)
 
 
-def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, strides: int = 1, dilation_rate: int = 1):
-    """3x3 (by default) convolution without bias, batch norm, ReLU; layers named ``{name}_conv|_bn|_relu``."""
+def conv_bn_relu(
+    x, filters: int, name: str, kernel_size: int = 3, strides: int = 1, dilation_rate: int = 1, output_name=None
+):
+    """3x3 (by default) convolution without bias, batch norm, ReLU; layers named ``{name}_conv|_bn|_relu``.
+
+    ``output_name`` renames the ReLU, e.g. to an endpoint name (``"features"``).
+    """
     x = layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", dilation_rate=dilation_rate,
         use_bias=False, name=f"{name}_conv",
     )(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
+    return layers.ReLU(name=output_name or f"{name}_relu")(x)
 
 
 def check_divisible(input_shape, factor: int, model_name: str):
@@ -41,3 +46,42 @@ def check_divisible(input_shape, factor: int, model_name: str):
                 f"{model_name}: input {dim} {size} is not divisible by {factor} (the network's "
                 f"total downsampling); use e.g. {max(factor, size // factor * factor)}"
             )
+
+
+# Feature endpoints are found by layer name, so they survive save/load and need no side table:
+# the layer whose output is the endpoint carries exactly one of these names.
+ENDPOINT_NAMES = (
+    "low_level",  # high-resolution backbone features (stride 4) used by decoders / skip KD
+    "features",  # the backbone's last stage (what the head reads)
+    "decoder",  # the head's last feature map before the classifier
+    "logits",  # class scores at input resolution
+)
+
+
+def endpoints(model) -> dict:
+    """``{endpoint name: layer}`` for the endpoints a model has (see ``ENDPOINT_NAMES``)."""
+    names = {layer.name: layer for layer in model.layers}
+    return {name: names[name] for name in ENDPOINT_NAMES if name in names}
+
+
+def pad_to_multiple(x, multiple: int, name: str = "pad_to_stride"):
+    """Zero-pads a fixed-size input at the bottom/right up to a multiple of the network's stride.
+
+    Returns ``(padded, crop)``; pass ``crop`` to ``crop_padding`` on the logits so that the output
+    has the input's size again (e.g. 360x480 through a stride-32 network: padded to 384x480).
+    Inputs of unknown size are returned unchanged (they must then divide by ``multiple``).
+    ZeroPadding2D and Cropping2D are used because TF-MOT and TFLite accept both, unlike Resizing.
+    """
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return x, None
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return x, None
+    crop = ((0, pad_h), (0, pad_w))
+    return layers.ZeroPadding2D(crop, name=name)(x), crop
+
+
+def crop_padding(x, crop, name: str = "crop_to_input"):
+    """Undoes ``pad_to_multiple`` (no-op when nothing was padded)."""
+    return x if crop is None else layers.Cropping2D(crop, name=name)(x)

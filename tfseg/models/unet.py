@@ -19,7 +19,8 @@ def build_unet(input_shape=(None, None, 3), num_classes: int = 2, depth: int = 4
 
     Returns:
       A functional model from float32 [0, 255] images to (H, W, num_classes) logits, with layer
-      names ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*`` and ``logits``.
+      names ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*`` and the endpoints ``features`` (bottleneck),
+      ``decoder`` (last decoder block) and ``logits``.
 
     Example:
       >>> model = build_unet((96, 96, 3), num_classes=5, depth=3, width=16)
@@ -39,12 +40,12 @@ def build_unet(input_shape=(None, None, 3), num_classes: int = 2, depth: int = 4
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
     x = conv_bn_relu(x, width * 2**depth, "bottleneck_a")
-    x = conv_bn_relu(x, width * 2**depth, "bottleneck_b")
+    x = conv_bn_relu(x, width * 2**depth, "bottleneck_b", output_name="features")
     for level in range(depth, 0, -1):
         filters = width * 2 ** (level - 1)
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
         x = conv_bn_relu(x, filters, f"dec{level}_a")
-        x = conv_bn_relu(x, filters, f"dec{level}_b")
+        x = conv_bn_relu(x, filters, f"dec{level}_b", output_name="decoder" if level == 1 else None)
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
     return keras.Model(inputs, logits, name=f"unet_d{depth}_w{width}")
