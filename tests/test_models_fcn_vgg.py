@@ -47,9 +47,17 @@ def test_fcn_variants_output_logits_at_input_resolution(variant, upsampling, ski
     assert list(eps) == ["low_level", "features", "decoder", "logits"]
     shapes = {name: layer.output_shape for name, layer in eps.items()}
     assert shapes == {
-        "low_level": (None, 16, 24, 128), "features": (None, 2, 3, 512),
+        "low_level": (None, 16, 24, 256), "features": (None, 2, 3, 512),
         "decoder": (None, 2, 3, 16), "logits": (None, 64, 96, 3),
     }
+
+
+def test_fcn_with_unknown_input_size_runs_on_multiples_of_32():
+    model = build_fcn_vgg16(num_classes=2, variant="8s", fc_width=8)
+    assert model.output_shape == (None, None, None, 2)
+    assert "pad_to_stride" not in [layer.name for layer in model.layers]
+    assert model.predict(images((1, 64, 96, 3)), verbose=0).shape == (1, 64, 96, 2)
+    assert model.predict(images((1, 32, 160, 3)), verbose=0).shape == (1, 32, 160, 2)
 
 
 @pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
@@ -253,7 +261,8 @@ def test_tfmot_rejects_only_the_rescaling_normalisation(small_fcn8s):
     np.testing.assert_allclose(pruned(x), small_fcn8s(x, training=False), rtol=1e-4, atol=1e-4)
 
     with tfmot.quantization.keras.quantize_scope():
-        qat = tfmot.quantization.keras.quantize_apply(all_but_normalize(tfmot.quantization.keras.quantize_annotate_layer))
+        annotated = all_but_normalize(tfmot.quantization.keras.quantize_annotate_layer)
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
     assert [layer.name for layer in qat.layers] == ["image", "normalize"] + [f"quant_{name}" for name in others]
     out = qat(x).numpy()
     assert out.shape == (1, 40, 64, 3) and np.isfinite(out).all()

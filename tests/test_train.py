@@ -95,3 +95,22 @@ def test_evaluation_agrees_with_keras_metric_at_equal_resolution():
     for images, masks in data.train_pipeline(split, (32, 32), 4, augment=None, shuffle=False):
         metric.update_state(masks, model(images, training=False))
     np.testing.assert_allclose(scores["miou"], float(metric.result()), rtol=1e-6)
+
+
+def test_fixed_size_model_is_trained_at_crop_size_and_rebuilt_for_evaluation(tmp_path):
+    from tfseg.run import TrainConfig, load_run, train_run
+
+    config = TrainConfig(
+        out_dir=str(tmp_path / "run"), model="deeplabv3_mobilenet_v2",
+        model_options={"alpha": 0.35, "aspp_filters": 8}, data_options={"num_images": 8, "image_size": (32, 32)},
+        crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=1, augment=None,
+    )
+    _, _, scores = train_run(config, verbose=0)
+    assert 0.0 <= scores["miou"] <= 1.0
+    trained, _ = load_run(tmp_path / "run")
+    assert trained.input_shape == (None, 32, 32, 3)  # image pooling needs a fixed size
+    rebuilt, info = load_run(tmp_path / "run", input_size=(48, 64))
+    assert rebuilt.output_shape == (None, 48, 64, info.num_classes)
+    for name in ("Conv1", "aspp_pool_conv"):  # a backbone layer and a head layer kept their weights
+        np.testing.assert_array_equal(trained.get_layer(name).get_weights()[0], rebuilt.get_layer(name).get_weights()[0])
+    assert sum(len(layer.weights) for layer in rebuilt.layers) == sum(len(layer.weights) for layer in trained.layers)

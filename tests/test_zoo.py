@@ -13,7 +13,7 @@ exercised (segmentation and classification, accepted by TF-MOT and rejected by i
 
 Known limitations are visible, never skipped: when a model holds a layer that TF-MOT 0.8.1 is
 known to reject (``QAT_REJECTED``, ``PRUNE_REJECTED``), the test requires TF-MOT's exact message
-for that layer and then xfails with it. If TF-MOT accepts the model instead, or fails in another
+for that layer and then xfails with it. If TF-MOT accepts the layer instead, or fails in another
 way, the test fails.
 
 Heavy families (``HEAVY``: ResNet-50/101 backbones) only get the small build in the default run;
@@ -24,7 +24,6 @@ beyond ``LIGHT_PARAMS`` at the small size fails its build test, so the list cann
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 
 import numpy as np
@@ -42,20 +41,19 @@ SMALL_SIZES = (64, 96, 128, 160, 224, 256)  # the first size a builder accepts i
 # Narrow heads keep the small builds fast; passed only to builders that take the option.
 SMALL_OPTIONS = {"fc_width": 64, "aspp_filters": 64, "head_filters": 64}
 FULL_SIZE = (360, 480)
-HEAVY = re.compile(r"resnet_?(50|101|152)")
-LIGHT_PARAMS = 30_000_000
+HEAVY = re.compile(r"(resnet|r)_?(50|101|152)(?!\d)")
+LIGHT_PARAMS = 20_000_000  # at the small size: VGG16-FCN with fc_width=64 has 16 M, a ResNet-50 backbone 23.5 M
 
 # Layer classes TF-MOT 0.8.1 rejects in a whole-model call (STACK.md); tfseg.quantize and
 # tfseg.prune bring QuantizeConfigs / layer selection for them.
 QAT_REJECTED = ("Rescaling", "Resizing", "Multiply", "LayerNormalization")
 PRUNE_REJECTED = ("Rescaling", "Resizing")
 # What TF-MOT folds a following BatchNormalization into; any other BN is rejected by QAT.
-BN_FOLDS_INTO = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)  # Conv2DTranspose is a Conv2D
+# (Conv2DTranspose is a Conv2D.)
+BN_FOLDS_INTO = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)
 PRUNABLE = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)
 # Families that refuse the CamVid size, with the builder's exact message (checked both ways).
-FULL_SIZE_REJECTED = {
-    "unet": "U-Net: input height 360 is not divisible by 16 (the network's total downsampling); use e.g. 352",
-}
+FULL_SIZE_REJECTED: dict[str, str] = {}
 
 
 def _local_segmenter(input_shape, num_classes):
@@ -95,17 +93,20 @@ def _params(heavy_is_slow: bool):
     ]
 
 
-def _small_options(name) -> dict:
-    builder = getattr(models, "_BUILDERS", {}).get(name, (None,))[0]
-    accepted = inspect.signature(builder).parameters if builder else {}
-    return {key: value for key, value in SMALL_OPTIONS.items() if key in accepted}
-
-
 def build(name, size):
+    """The family at ``size`` with ``SMALL_OPTIONS`` (those its builder does not take are dropped)."""
     shape = (*size, 3)
     if name in LOCAL:
         return LOCAL[name](shape, NUM_CLASSES)
-    return models.build(name, shape, NUM_CLASSES, **_small_options(name))
+    options = dict(SMALL_OPTIONS)
+    while True:
+        try:
+            return models.build(name, shape, NUM_CLASSES, **options)
+        except TypeError as err:
+            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if not unexpected or unexpected[1] not in options:
+                raise
+            del options[unexpected[1]]
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,20 +125,22 @@ def _images(model, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (1, *model.input_shape[1:])).astype("float32")
 
 
-def _check_output_shape(model, height, width):
+def _check_output_shape(name, model, height, width):
     shape = model.output_shape
     if len(shape) == 2:  # classification
         assert shape == (None, NUM_CLASSES)
     else:
         assert shape == (None, height, width, NUM_CLASSES), "segmentation logits at input resolution"
+    if hasattr(models, "task_of") and name not in LOCAL:
+        assert models.task_of(name) == ("classification" if len(shape) == 2 else "segmentation")
 
 
 @pytest.mark.parametrize("name", _params(heavy_is_slow=False))
 def test_small_build_outputs_logits_with_endpoints(name):
     model = small_model(name)
     height, width = model.input_shape[1:3]
-    _check_output_shape(model, height, width)
     assert len(model.output_shape) in (2, 4)
+    _check_output_shape(name, model, height, width)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers), "flat functional graph"
     found = models.endpoints(model)
     assert {"features", "logits"} <= set(found), f"endpoints: {sorted(found)}"
@@ -159,7 +162,7 @@ def test_builds_at_camvid_size(name):
         assert str(raised.value) == FULL_SIZE_REJECTED[name]
         pytest.xfail(f"known limitation (tests/test_zoo.py FULL_SIZE_REJECTED): {raised.value}")
     model = build(name, FULL_SIZE)
-    _check_output_shape(model, *FULL_SIZE)
+    _check_output_shape(name, model, *FULL_SIZE)
 
 
 @pytest.mark.parametrize("name", _params(heavy_is_slow=True))
@@ -180,18 +183,18 @@ def _qat_rejects(layer) -> bool:
     if type(layer).__name__ in QAT_REJECTED:
         return True
     if isinstance(layer, layers.BatchNormalization):
-        (node,) = layer.inbound_nodes
-        producer = node.inbound_layers
+        producer = layer.inbound_nodes[0].inbound_layers
         return not (isinstance(producer, BN_FOLDS_INTO) and len(producer.outbound_nodes) == 1)
     return False
 
 
-def _expect_known_rejection(call, exception, message, table):
-    """Runs ``call``: it must fail with exactly ``message``; the test then xfails with it."""
+def _expect_known_rejection(call, exception, fragments, table):
+    """Runs ``call``: it must raise ``exception`` with TF-MOT's message naming the rejected layer
+    (every one of ``fragments``); the test then xfails with that message."""
     try:
         call()
     except exception as err:
-        assert str(err).startswith(message), f"TF-MOT failed otherwise than known: {err}"
+        assert all(fragment in str(err) for fragment in fragments), f"TF-MOT failed otherwise than known: {err}"
         pytest.xfail(f"known TF-MOT 0.8.1 limitation (tests/test_zoo.py {table}): {err}")
     pytest.fail(f"TF-MOT accepted a model with a layer listed in {table}: update the table in tests/test_zoo.py")
 
@@ -201,9 +204,15 @@ def test_quantize_model(name):
     model = small_model(name)
     rejected = _first(model, _qat_rejects)
     if rejected is not None:
-        message = f"Layer {rejected.name}:{type(rejected)} is not supported."
+        # Checked on the graph up to the rejected layer: the whole model meets the same message
+        # only after 2-8 s of TF-MOT graph transforms. Once the layer is supported (a QuantizeConfig
+        # or a change of this table), the whole model goes through quantize_model below.
+        prefix = keras.Model(model.inputs, rejected.get_output_at(0))
         _expect_known_rejection(
-            lambda: tfmot.quantization.keras.quantize_model(model), RuntimeError, message, "QAT_REJECTED"
+            lambda: tfmot.quantization.keras.quantize_model(prefix),
+            RuntimeError,
+            [f"Layer {rejected.name}:{type(rejected)} is not supported."],
+            "QAT_REJECTED",
         )
     qat = tfmot.quantization.keras.quantize_model(model)
     assert qat.output_shape == model.output_shape
@@ -216,26 +225,34 @@ def test_prune_low_magnitude_whole_model(name):
     model = small_model(name)
     rejected = _first(model, lambda layer: type(layer).__name__ in PRUNE_REJECTED)
     if rejected is not None:
-        message = "Please initialize `Prune` with a supported layer."
         _expect_known_rejection(
-            lambda: tfmot.sparsity.keras.prune_low_magnitude(model), ValueError, message, "PRUNE_REJECTED"
+            lambda: tfmot.sparsity.keras.prune_low_magnitude(model),
+            ValueError,
+            ["Please initialize `Prune` with a supported layer.", f"You passed: {type(rejected)}"],
+            "PRUNE_REJECTED",
         )
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model)
     x = _images(model)
     # Masks start all ones: before any training step the pruned model computes the same function.
-    np.testing.assert_allclose(pruned(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    expected = model(x, training=False).numpy()
+    np.testing.assert_allclose(pruned(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", _params(heavy_is_slow=True))
 def test_prune_prunable_layers(name):
-    """What works today for every family: wrap only the weighted layers TF-MOT prunes."""
-    # A fresh build: the clone below shares the layers it does not wrap (TF-MOT's documented idiom).
-    model = build(name, small_model(name).input_shape[1:3])
+    """What works today for every family: wrap only the weighted layers TF-MOT prunes.
+
+    TF-MOT's idiom shares the layers it does not wrap with the original model, where they gain a
+    second call node with the same shapes: harmless to the other checks, which read node 0."""
+    model = small_model(name)
     wrap = tfmot.sparsity.keras.prune_low_magnitude
-    pruned = keras.models.clone_model(model, clone_function=lambda layer: wrap(layer) if isinstance(layer, PRUNABLE) else layer)
+    pruned = keras.models.clone_model(
+        model, clone_function=lambda layer: wrap(layer) if isinstance(layer, PRUNABLE) else layer
+    )
     wrapped = [layer.layer.name for layer in pruned.layers if isinstance(layer, layers.Wrapper)]
     assert wrapped == [layer.name for layer in model.layers if isinstance(layer, PRUNABLE)] and wrapped
     x = _images(model, seed=2)
-    np.testing.assert_allclose(pruned(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    expected = model(x, training=False).numpy()
+    np.testing.assert_allclose(pruned(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     assert [layer.name for layer in stripped.layers] == [layer.name for layer in model.layers]

@@ -76,12 +76,12 @@ def _cmd_evaluate(args) -> int:
     from tfseg.evaluate import evaluate
     from tfseg.run import load_run, run_record
 
-    model, _ = load_run(args.run_dir, args.which)
     record = run_record(args.run_dir)
+    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
+    model, _ = load_run(args.run_dir, args.which, input_size=size)
     dataset = args.dataset or record["dataset"]
     options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
     split = seg_data.load(dataset, args.split, **options)
-    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
     out = Path(args.out or Path(args.run_dir) / "eval" / args.split)
     scores = evaluate(model, split, image_size=size, batch_size=args.batch_size, out_dir=out,
                       num_overlays=args.overlays)
@@ -113,7 +113,7 @@ def _cmd_quickstart(args) -> int:
     print(f"tfseg quickstart: U-Net ({config.model}) on synthetic scenes, {config.epochs} epochs -> {out}")
     train_run(config)
     print("\nTest split, full label resolution:")
-    best, _ = load_run(out)
+    best, _ = load_run(out, input_size=config.crop_size)
     model_scores = evaluate(best, seg_data.load(config.dataset, "test"), image_size=config.crop_size,
                             out_dir=out / "eval" / "test")
     print(f"\nDone in {time.time() - start:.0f} s. Test mIoU {100 * model_scores['miou']:.2f}.")

@@ -74,15 +74,17 @@ def train_run(config: TrainConfig, verbose="auto"):
     elif config.class_weights is not None:
         raise ValueError(f"class_weights must be None or 'median', got {config.class_weights!r}")
 
-    model = models.build(config.model, (None, None, 3), info.num_classes, **config.model_options)
+    # Built at the crop size: some models (DeepLabV3's image pooling) need a fixed input size.
+    # Evaluation at another size rebuilds the model with the trained weights (load_run).
+    model = models.build(config.model, (*config.crop_size, 3), info.num_classes, **config.model_options)
     augment = seg_data.Augment(**config.augment) if config.augment is not None else None
     train_data = seg_data.train_pipeline(
         train_split, config.crop_size, config.batch_size, augment=augment, seed=config.seed
     )
     eval_size = tuple(config.eval_size or config.crop_size)
-    # Validation inside fit() compares at the model's input size (Keras metrics need equal shapes);
-    # the final evaluation below is at the full label resolution.
-    val_data = seg_data.train_pipeline(val_split, eval_size, config.batch_size, augment=None, shuffle=False)
+    # Validation inside fit() runs at the training input size (Keras metrics need equal shapes);
+    # the final evaluation below is at eval_size against the full-resolution labels.
+    val_data = seg_data.train_pipeline(val_split, config.crop_size, config.batch_size, augment=None, shuffle=False)
     steps = -(-len(train_split) // config.batch_size) * config.epochs
     optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=steps)
     compile_for_segmentation(model, info.num_classes, loss=config.loss, class_weights=weights, optimizer=optimizer)
@@ -91,7 +93,7 @@ def train_run(config: TrainConfig, verbose="auto"):
                                 "num_params": model.count_params()})
     start = time.time()
     history = fit(model, train_data, val_data, out, config.epochs, verbose=verbose)
-    best, _ = load_run(out)
+    best, _ = load_run(out, input_size=eval_size)
     record = json.loads((out / RUN_FILE).read_text())
     record["train_seconds"] = round(time.time() - start, 1)
     write_json(out / RUN_FILE, record)
@@ -100,21 +102,31 @@ def train_run(config: TrainConfig, verbose="auto"):
     return best, history, scores
 
 
-def load_run(run_dir, which: str = "best"):
+def load_run(run_dir, which: str = "best", input_size=None):
     """Loads a run's model (``best`` or ``last``) and its DatasetInfo.
+
+    Args:
+      run_dir: a training run directory.
+      which: ``"best"`` or ``"last"``.
+      input_size: (height, width) to rebuild the model at (with the trained weights), when it
+        differs from the training size.
 
     Raises:
       FileNotFoundError: naming the missing file.
     """
-    run_dir = Path(run_dir)
-    record_path, model_path = run_dir / RUN_FILE, run_dir / f"{which}.keras"
-    for path in (record_path, model_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a finished tfseg training run?")
-    record = json.loads(record_path.read_text())
+    record = run_record(run_dir)
+    model_path = Path(run_dir) / f"{which}.keras"
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path} not found: is {run_dir} a finished tfseg training run?")
     model = keras.models.load_model(model_path, compile=False)
+    if input_size is not None and tuple(model.input_shape[1:3]) != tuple(input_size):
+        model = models.rebuild(record["model"], model, (*input_size, 3), **record["model_options"])
     return model, DatasetInfo.from_dict(record["info"])
 
 
 def run_record(run_dir) -> dict:
-    return json.loads((Path(run_dir) / RUN_FILE).read_text())
+    """The ``run.json`` of a run directory (configuration, classes, palette, timings)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a tfseg training run?")
+    return json.loads(path.read_text())

@@ -45,7 +45,7 @@ def model_input_shapes(model, input_shape=None, fixed_batch=1) -> list[tuple]:
     shapes = [tuple(spec.shape) for spec in model.inputs]
     if input_shape is not None:
         if len(shapes) != 1:
-            raise ValueError(f"input_shape only applies to single-input models; {model.name!r} has {len(shapes)} inputs")
+            raise ValueError(f"input_shape applies to single-input models; {model.name!r} has {len(shapes)} inputs")
         input_shape = tuple(int(d) for d in input_shape)
         if len(input_shape) == len(shapes[0]) - 2:  # (height, width): keep the model's channels
             input_shape = input_shape + shapes[0][-1:]

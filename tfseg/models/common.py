@@ -38,16 +38,6 @@ def conv_bn_relu(
     return layers.ReLU(name=output_name or f"{name}_relu")(x)
 
 
-def check_divisible(input_shape, factor: int, model_name: str):
-    """Raises a clear error when a fixed input size does not divide by the network's total stride."""
-    for dim, size in zip(("height", "width"), input_shape[:2]):
-        if size is not None and size % factor:
-            raise ValueError(
-                f"{model_name}: input {dim} {size} is not divisible by {factor} (the network's "
-                f"total downsampling); use e.g. {max(factor, size // factor * factor)}"
-            )
-
-
 # Feature endpoints are found by layer name, so they survive save/load and need no side table:
 # the layer whose output is the endpoint carries exactly one of these names.
 ENDPOINT_NAMES = (
@@ -85,3 +75,69 @@ def pad_to_multiple(x, multiple: int, name: str = "pad_to_stride"):
 def crop_padding(x, crop, name: str = "crop_to_input"):
     """Undoes ``pad_to_multiple`` (no-op when nothing was padded)."""
     return x if crop is None else layers.Cropping2D(crop, name=name)(x)
+
+
+def copy_weights(source, target) -> int:
+    """Copies every weighted layer of ``source`` into the layer of the same name in ``target``.
+
+    Both models must have the same weighted layers (names and shapes); nothing is copied otherwise.
+
+    Returns:
+      The number of layers copied.
+
+    Raises:
+      ValueError: naming the layers missing from ``target`` or whose weight shapes differ.
+    """
+    missing, mismatched, copied = [], [], 0
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        try:
+            other = target.get_layer(layer.name)
+        except ValueError:
+            missing.append(layer.name)
+            continue
+        values = layer.get_weights()
+        if [w.shape for w in values] != [tuple(w.shape) for w in other.weights]:
+            mismatched.append(layer.name)
+            continue
+        other.set_weights(values)
+        copied += 1
+    source_names = {layer.name for layer in source.layers}
+    extra = [layer.name for layer in target.layers if layer.weights and layer.name not in source_names]
+    if missing or mismatched or extra:
+        raise ValueError(
+            f"cannot copy {source.name!r} into {target.name!r}: missing in target {missing[:5]}, "
+            f"shapes differ {mismatched[:5]}, only in target {extra[:5]} (same builder options?)"
+        )
+    return copied
+
+
+def with_input_shape(model, input_shape, builder, **builder_kwargs):
+    """Rebuilds ``model`` for another input size with the same weights.
+
+    Args:
+      model: a model made by ``builder``.
+      input_shape: the new (height, width, 3).
+      builder: the builder that made ``model`` (any tfseg builder).
+      **builder_kwargs: the options ``model`` was built with (backbone, output_stride, ...);
+        ``num_classes`` defaults to the model's output channels. ``weights`` is ignored.
+
+    Returns:
+      A new model from ``builder`` at ``input_shape`` holding ``model``'s weights.
+
+    Raises:
+      ValueError: the rebuilt model's layers do not match (different builder options).
+
+    Example:
+      >>> small = build_deeplabv3((96, 96, 3), 4, backbone="resnet18")
+      >>> big = with_input_shape(small, (360, 480, 3), build_deeplabv3, backbone="resnet18")
+
+    Rebuilding from ``model.get_config()`` is not enough: pooling factors, padding and cropping
+    depend on the input size, so the builder has to run again.
+    """
+    builder_kwargs.pop("weights", None)
+    builder_kwargs.setdefault("num_classes", model.output_shape[-1])
+    new = builder(input_shape=tuple(input_shape), **builder_kwargs)
+    copy_weights(model, new)
+    return new

@@ -66,8 +66,9 @@ def build_deeplabv3(
       alpha: MobileNetV2 width multiplier (must stay 1.0 for ResNets).
       weights: None, or pretrained backbone weights: for ResNet-50/101/152 the path of
         keras-applications' ``resnet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5``
-        (``pretrained.load_keras_h5`` with ``conv1_conv``'s input channels flipped, BGR -> RGB);
-        for MobileNetV2 the directory of TF-Slim ``.npy`` arrays
+        (``pretrained.load_keras_h5`` with ``conv1_conv``'s input channels flipped, BGR -> RGB;
+        keras.applications has no ResNet-18/34, and any other file is read the same way);
+        for MobileNetV2 (alpha 1.0) the directory of TF-Slim ``.npy`` arrays
         (``pretrained.load_tfslim_mobilenet_v2``).
       aspp_filters: channels of the ASPP branches and projection.
       aspp_rates: atrous rates overriding the output-stride default; ``()`` keeps only the 1x1
@@ -77,7 +78,8 @@ def build_deeplabv3(
       dropout: dropout rate after the ASPP projection.
 
     Returns:
-      A flat functional model named ``deeplabv3_{backbone}_os{output_stride}`` from images to
+      A flat functional model named ``deeplabv3_{backbone}_os{output_stride}`` (MobileNetV2:
+      ``deeplabv3_mobilenet_v2_a{100 * alpha}_os{output_stride}``) from images to
       (H, W, num_classes) logits, with endpoints ``low_level``, ``features``, ``decoder``, ``logits``.
 
     Raises:
@@ -93,10 +95,10 @@ def build_deeplabv3(
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     rates = heads.aspp_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
-    if image_pooling and (input_shape[0] is None or input_shape[1] is None):
+    if image_pooling and None in tuple(input_shape)[:2]:
         raise ValueError(
             f"DeepLabV3 with image pooling needs a fixed input size, got input_shape={tuple(input_shape)}: "
-            "build at the training crop size and use tfseg.models.deeplab.with_input_shape for other "
+            "build at the training crop size and use tfseg.models.with_input_shape for other "
             "sizes, or pass image_pooling=False"
         )
     if backbone == "mobilenet_v2":
@@ -104,11 +106,13 @@ def build_deeplabv3(
         name = f"deeplabv3_mobilenet_v2_a{round(alpha * 100)}_os{output_stride}"
     else:
         if alpha != 1.0:
-            raise ValueError(f"alpha (width multiplier) applies to mobilenet_v2 only, got alpha={alpha} for {backbone}")
+            raise ValueError(f"alpha (width multiplier) applies to mobilenet_v2 only, got {alpha} for {backbone}")
         inputs, feats, crop = resnet_features(input_shape, int(backbone[len("resnet"):]), output_stride)
         name = f"deeplabv3_{backbone}_os{output_stride}"
-    y = heads.aspp(feats["features"], aspp_filters, rates, name="aspp", image_pooling=image_pooling,
-             dropout=dropout, output_name="decoder")
+    y = heads.aspp(
+        feats["features"], aspp_filters, rates, name="aspp", image_pooling=image_pooling, dropout=dropout,
+        output_name="decoder",
+    )
     logits = heads.upsampled_logits(y, num_classes, output_stride, crop)
     model = keras.Model(inputs, logits, name=name)
     if weights is not None:
@@ -121,67 +125,4 @@ def build_deeplabv3(
     return model
 
 
-def copy_weights(source, target) -> int:
-    """Copies every weighted layer of ``source`` into the layer of the same name in ``target``.
-
-    Both models must have the same weighted layers (names and shapes); nothing is copied otherwise.
-
-    Returns:
-      The number of layers copied.
-
-    Raises:
-      ValueError: naming the layers missing from ``target`` or whose weight shapes differ.
-    """
-    missing, mismatched, copied = [], [], 0
-    for layer in source.layers:
-        if not layer.weights:
-            continue
-        try:
-            other = target.get_layer(layer.name)
-        except ValueError:
-            missing.append(layer.name)
-            continue
-        values = layer.get_weights()
-        if [w.shape for w in values] != [tuple(w.shape) for w in other.weights]:
-            mismatched.append(layer.name)
-            continue
-        other.set_weights(values)
-        copied += 1
-    source_names = {layer.name for layer in source.layers}
-    extra = [layer.name for layer in target.layers if layer.weights and layer.name not in source_names]
-    if missing or mismatched or extra:
-        raise ValueError(
-            f"cannot copy {source.name!r} into {target.name!r}: missing in target {missing[:5]}, "
-            f"shapes differ {mismatched[:5]}, only in target {extra[:5]} (same builder options?)"
-        )
-    return copied
-
-
-def with_input_shape(model, input_shape, builder=build_deeplabv3, **builder_kwargs):
-    """Rebuilds ``model`` for another input size with the same weights.
-
-    Args:
-      model: a model made by ``builder``.
-      input_shape: the new (height, width, 3).
-      builder: the builder that made ``model`` (any tfseg builder).
-      **builder_kwargs: the options ``model`` was built with (backbone, output_stride, ...);
-        ``num_classes`` defaults to the model's output channels. ``weights`` is ignored.
-
-    Returns:
-      A new model from ``builder`` at ``input_shape`` holding ``model``'s weights.
-
-    Raises:
-      ValueError: the rebuilt model's layers do not match (different builder options).
-
-    Example:
-      >>> small = build_deeplabv3((96, 96, 3), 4, backbone="resnet18")
-      >>> big = with_input_shape(small, (360, 480, 3), build_deeplabv3, backbone="resnet18")
-    """
-    builder_kwargs.pop("weights", None)
-    builder_kwargs.setdefault("num_classes", model.output_shape[-1])
-    new = builder(input_shape=tuple(input_shape), **builder_kwargs)
-    copy_weights(model, new)
-    return new
-
-
-__all__ = ["BACKBONES", "build_deeplabv3", "copy_weights", "with_input_shape"]
+__all__ = ["BACKBONES", "build_deeplabv3"]

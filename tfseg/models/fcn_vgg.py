@@ -46,7 +46,7 @@ VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 FCN_VARIANTS = ("32s", "16s", "8s")
 
-_TOTAL_STRIDE = 32
+FCN_STRIDE = 32  # total downsampling of the VGG16 and GoogLeNet trunks
 
 
 def bilinear_upsampling_kernel(factor: int, channels: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def fcn_decoder(score_fr, skips, num_classes: int, variant: str):
       (``upscore32``, ``upscore16`` or ``upscore8``), as in the reference FCN nets.
     """
     used = FCN_VARIANTS.index(variant)  # 0, 1 or 2 skips
-    x, stride, previous = score_fr, _TOTAL_STRIDE, None
+    x, stride, previous = score_fr, FCN_STRIDE, None
     for suffix, features in skips[:used]:
         x = bilinear_upsample(x, 2, name="upscore2" if previous is None else f"upscore_{previous}")
         score = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=f"score_{suffix}")(features)
@@ -127,6 +127,7 @@ def fcn_decoder(score_fr, skips, num_classes: int, variant: str):
 
 
 def check_fcn_arguments(model_name: str, num_classes: int, variant: str):
+    """Raises ValueError naming ``model_name`` for an unknown variant or non-positive num_classes."""
     if variant not in FCN_VARIANTS:
         raise ValueError(f"{model_name}: variant must be one of {', '.join(FCN_VARIANTS)}, got {variant!r}")
     if num_classes < 1:
@@ -143,8 +144,8 @@ def vgg16_features(x):
 
     Returns:
       ``{"pool3": stride 8, "pool4": stride 16, "pool5": stride 32}`` tensors. Two identity
-      layers give the endpoints: ``low_level`` after ``block2_pool`` (stride 4) and ``features``
-      after ``block5_pool``; ``pool5`` is the ``features`` output.
+      layers give the endpoints: ``low_level`` after ``block3_conv3`` (stride 4, 256 channels)
+      and ``features`` after ``block5_pool``; ``pool5`` is the ``features`` output.
     """
     outputs = {}
     for block, widths in enumerate(VGG16_BLOCKS, start=1):
@@ -152,10 +153,10 @@ def vgg16_features(x):
             x = layers.Conv2D(
                 filters, 3, padding="same", activation="relu", name=f"block{block}_conv{i}"
             )(x)
-        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
-        if block == 2:
+        if block == 3:  # the deepest stride-4 features, like ResNet's conv2_x output
             x = layers.Activation("linear", name="low_level")(x)
-        elif block == 5:
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+        if block == 5:
             x = layers.Activation("linear", name="features")(x)
         if block >= 3:
             outputs[f"pool{block}"] = x
@@ -185,8 +186,9 @@ def build_fcn_vgg16(
 
     Returns:
       A functional model from float32 [0, 255] RGB images to (H, W, num_classes) logits with the
-      endpoints ``low_level`` (after block2_pool, stride 4), ``features`` (after block5_pool,
-      stride 32), ``decoder`` (fc7 after ReLU) and ``logits``.
+      endpoints ``low_level`` (after block3_conv3, stride 4), ``features`` (after block5_pool,
+      stride 32), ``decoder`` (fc7 after ReLU, before drop7) and ``logits`` (an identity after the
+      last upsampling and crop, so that the upsampling layer keeps its name for any input size).
 
     Raises:
       ValueError: unknown variant, non-positive num_classes or fc_width, or a bad input shape.
@@ -202,7 +204,7 @@ def build_fcn_vgg16(
         raise ValueError(f"FCN-VGG16: fc_width must be positive, got {fc_width}")
     inputs = image_input(input_shape)
     x = caffe_normalize(inputs)
-    x, crop = pad_to_multiple(x, _TOTAL_STRIDE)
+    x, crop = pad_to_multiple(x, FCN_STRIDE)
     pools = vgg16_features(x)
     x = layers.Conv2D(fc_width, 7, padding="same", activation="relu", name="fc6")(pools["pool5"])
     x = layers.Dropout(dropout, name="drop6")(x)

@@ -27,7 +27,7 @@ import os
 
 from tfseg._keras import keras
 from tfseg.models.common import conv_bn_relu, crop_padding, image_input, normalize, pad_to_multiple
-from tfseg.models.fcn_vgg import _TOTAL_STRIDE, check_fcn_arguments, fcn_decoder
+from tfseg.models.fcn_vgg import FCN_STRIDE, check_fcn_arguments, fcn_decoder
 
 layers = keras.layers
 
@@ -121,9 +121,11 @@ def build_googlenet_fcn(
       (None, 360, 480, 11)
     """
     check_fcn_arguments("GoogLeNet-FCN", num_classes, variant)
+    if weights is not None:
+        weights = _check_weights_path(weights)  # before the (slow) build
     inputs = image_input(input_shape)
     x = normalize(inputs)
-    x, crop = pad_to_multiple(x, _TOTAL_STRIDE)
+    x, crop = pad_to_multiple(x, FCN_STRIDE)
     trunk = googlenet_features(x)
     x = layers.Dropout(dropout, name="drop5")(trunk["5b"])
     score_fr = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_fr")(x)
@@ -136,13 +138,17 @@ def build_googlenet_fcn(
     return model
 
 
-def _load_own_weights(model, path):
+def _check_weights_path(path) -> str:
     path = os.fspath(path)
     if not (os.path.isfile(path) or os.path.isfile(path + ".index")):  # .h5 file or TF checkpoint prefix
         raise FileNotFoundError(
             f"GoogLeNet-FCN weights {path!r}: no such file (no pretrained GoogLeNet weights ship with "
             "tfseg; pass a file written by model.save_weights for the same architecture, or None)"
         )
+    return path
+
+
+def _load_own_weights(model, path):
     try:
         model.load_weights(path)
     except Exception as error:  # h5py/TF raise many types for unreadable or mismatched files

@@ -43,7 +43,7 @@ def aspp(
     The image-pooling branch needs the feature map's size at build time (UpSampling2D takes a
     static factor; ``Resizing`` would take a dynamic size but TF-MOT rejects it). Models using it
     are therefore built for one input size; rebuild them at another size with the same weights
-    (``tfseg.models.deeplab.with_input_shape``) or pass ``image_pooling=False``.
+    (``tfseg.models.with_input_shape``) or pass ``image_pooling=False``.
     Its batch norm normalises one value per image and channel: train with batches larger than 1.
 
     Args:
@@ -74,7 +74,7 @@ def aspp(
             raise ValueError(
                 f"{name}: the image-pooling branch needs a fixed feature size, got {height}x{width}; "
                 "build the model with a fixed input_shape (e.g. the training crop, then "
-                "tfseg.models.deeplab.with_input_shape for another size) or pass image_pooling=False"
+                "tfseg.models.with_input_shape for another size) or pass image_pooling=False"
             )
         pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
         pooled = conv_bn_relu(pooled, filters, f"{name}_pool", kernel_size=1)
@@ -128,7 +128,8 @@ def upsampled_logits(x, num_classes: int, factor: int, crop=None, name: str = "c
     """
     y = layers.Conv2D(num_classes, 1, name=name)(x)
     if factor > 1:
-        y = layers.UpSampling2D(factor, interpolation="bilinear", name="logits" if crop is None else "logits_upsample")(y)
+        up_name = "logits" if crop is None else "logits_upsample"
+        y = layers.UpSampling2D(factor, interpolation="bilinear", name=up_name)(y)
     elif crop is None:
         y = layers.Activation("linear", name="logits")(y)
     return crop_padding(y, crop, name="logits")

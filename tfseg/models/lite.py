@@ -198,7 +198,7 @@ def build_fastseg_tiny(
 
     Example:
       >>> model = build_fastseg_tiny((360, 480, 3), num_classes=11)
-      >>> model.count_params()  # about 0.17 M
+      >>> model.count_params()  # 193,291 (0.19 M) at 11 classes
     """
     widths = tuple(int(w) for w in widths)
     if len(widths) != 4 or min(widths) < 1:

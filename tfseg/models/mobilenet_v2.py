@@ -57,7 +57,7 @@ def _stride2_padding(x):
     height, width = x.shape[1], x.shape[2]
     if height is None or width is None:
         return None
-    return ((1 - height % 2, 1), (1 - width % 2, 1))
+    return ((height % 2, 1), (width % 2, 1))
 
 
 def _inverted_res_block(x, expansion: int, filters: int, stride: int, dilation: int, block_id: int):

@@ -25,10 +25,11 @@ TFSLIM_SHA256SUMS = "SHA256SUMS"
 _BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 
 # Keras layer names of MobileNetV2's feature extractor. A model layer with weights whose name
-# looks like this must get weights from the table: otherwise a renamed or extra backbone layer
-# would keep its random initialisation without anyone noticing.
+# looks like this (in any letter case) must get weights from the table: otherwise a renamed or
+# extra backbone layer would keep its random initialisation without anyone noticing.
 _MOBILENET_V2_LAYER = re.compile(
-    r"Conv1|bn_Conv1|Conv_1|Conv_1_bn|expanded_conv_(depthwise|project)(_BN)?|block_\d+_(expand|depthwise|project)(_BN)?"
+    r"Conv1|bn_Conv1|Conv_1|Conv_1_bn|expanded_conv_(depthwise|project)(_BN)?|block_\d+_(expand|depthwise|project)(_BN)?",
+    re.IGNORECASE,  # "block_3_expand_bn" is a misspelt backbone layer, not a head layer
 )
 
 

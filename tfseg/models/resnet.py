@@ -14,8 +14,8 @@ projection shortcut where the shape changes, BN epsilon 1e-5) named in the same 
 
 Input scaling ("caffe" preprocessing): keras-applications ResNets were trained on BGR images minus
 the BGR ImageNet mean. Our models take RGB, so ``preprocess_caffe`` subtracts the mean in RGB order
-inside the graph (a ``Rescaling`` layer with a per-channel offset, which saves, loads, prunes and
-converts to TFLite like any layer), and the RGB->BGR swap is folded into the weights instead:
+inside the graph (a ``Rescaling`` layer with a per-channel offset, which saves, loads and converts
+to TFLite like any layer; TF-MOT's whole-model prune/QAT calls reject it, see STACK.md), and the RGB->BGR swap is folded into the weights instead:
 the loader reverses the input-channel axis of the first kernel
 (``load_keras_h5(model, path, input_channel_flip="conv1_conv")``), so
 ``conv1(flip(x) - mean_bgr) == conv1_flipped(x - mean_rgb)`` exactly and the graph has no extra op.
@@ -24,6 +24,7 @@ the loader reverses the input-channel axis of the first kernel
 from __future__ import annotations
 
 from tfseg._keras import keras
+from tfseg.models.common import image_input
 
 layers = keras.layers
 
@@ -144,7 +145,7 @@ def resnet_backbone(x, depth: int = 50, output_stride: int = 32, name_endpoints:
       ValueError: unknown depth or output stride.
 
     Example:
-      >>> inputs = common.image_input((224, 224, 3))
+      >>> inputs = image_input((224, 224, 3))
       >>> feats = resnet_backbone(preprocess_caffe(inputs), depth=50, output_stride=16)
       >>> feats["features"].shape  # (None, 14, 14, 2048)
     """
@@ -214,8 +215,6 @@ def build_resnet(input_shape=(None, None, 3), depth: int = 50, output_stride: in
       >>> backbone = build_resnet((224, 224, 3), depth=18)
       >>> backbone.output_shape  # (None, 7, 7, 512)
     """
-    from tfseg.models.common import image_input
-
     inputs = image_input(input_shape)
     x = preprocess_caffe(inputs) if preprocess else inputs
     feats = resnet_backbone(x, depth=depth, output_stride=output_stride)

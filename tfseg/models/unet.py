@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tfseg._keras import keras
-from tfseg.models.common import check_divisible, conv_bn_relu, image_input, normalize
+from tfseg.models.common import conv_bn_relu, crop_padding, image_input, normalize, pad_to_multiple
 
 layers = keras.layers
 
@@ -12,14 +12,15 @@ def build_unet(input_shape=(None, None, 3), num_classes: int = 2, depth: int = 4
     """Builds a U-Net: ``depth`` down/up levels, ``width`` filters at the first level, doubling per level.
 
     Args:
-      input_shape: (height, width, 3); height and width divisible by ``2**depth`` (or None).
+      input_shape: (height, width, 3). Fixed sizes are zero-padded to a multiple of ``2**depth``
+        and the logits cropped back; unknown sizes (None) must divide by ``2**depth`` at run time.
       num_classes: output channels (logits).
       depth: number of 2x downsamplings (1-6).
       width: filters of the first level.
 
     Returns:
       A functional model from float32 [0, 255] images to (H, W, num_classes) logits, with layer
-      names ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*`` and the endpoints ``features`` (bottleneck),
+      names ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``, ``classifier`` and the endpoints ``features`` (bottleneck),
       ``decoder`` (last decoder block) and ``logits``.
 
     Example:
@@ -29,9 +30,8 @@ def build_unet(input_shape=(None, None, 3), num_classes: int = 2, depth: int = 4
         raise ValueError(f"U-Net depth must be 1..6, got {depth}")
     if width < 1 or num_classes < 1:
         raise ValueError(f"U-Net width and num_classes must be positive, got {width}, {num_classes}")
-    check_divisible(input_shape, 2**depth, "U-Net")
     inputs = image_input(input_shape)
-    x = normalize(inputs)
+    x, crop = pad_to_multiple(normalize(inputs), 2**depth)
     skips = []
     for level in range(1, depth + 1):
         filters = width * 2 ** (level - 1)
@@ -47,5 +47,7 @@ def build_unet(input_shape=(None, None, 3), num_classes: int = 2, depth: int = 4
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
         x = conv_bn_relu(x, filters, f"dec{level}_a")
         x = conv_bn_relu(x, filters, f"dec{level}_b", output_name="decoder" if level == 1 else None)
-    logits = layers.Conv2D(num_classes, 1, name="logits")(x)
+    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    # The classifier keeps one name at every input size, so weights copy between sizes by name.
+    logits = crop_padding(x, crop, name="logits") if crop else layers.Activation("linear", name="logits")(x)
     return keras.Model(inputs, logits, name=f"unet_d{depth}_w{width}")

@@ -52,7 +52,9 @@ _PER_VALUE = (  # one operation per output value
     layers.ThresholdedReLU,
 )
 # Layers with weights whose MAC count is 0 by definition (table look-up, per-channel affine).
-_NO_MACS = (layers.Embedding, layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization, layers.PReLU)
+_NO_MACS = (
+    layers.Embedding, layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization, layers.PReLU,
+)
 # TF-MOT's QuantizeLayer (fake-quantizes the input of a QAT model) holds min/max variables; named
 # here rather than imported so that profiling never imports TF-MOT.
 _FAKE_QUANT_LAYERS = ("QuantizeLayer",)
@@ -122,7 +124,13 @@ def _fixed_shape_model(model, input_shape):
     if shapes == [tuple(t.shape) for t in model.inputs]:
         return model
     fixed_input = keras.Input(batch_shape=shapes[0], dtype=model.inputs[0].dtype, name=model.input_names[0])
-    return keras.models.clone_model(model, input_tensors=fixed_input)
+    try:
+        return keras.models.clone_model(model, input_tensors=fixed_input)
+    except ValueError as err:  # e.g. skip connections that only line up at multiples of the stride
+        raise ValueError(
+            f"{model.name!r} does not run at input shape {shapes[0][1:]}: {err} "
+            "(build the model at that size and profile it)"
+        ) from err
 
 
 def _layer_rows(model, prefix=""):
@@ -205,11 +213,13 @@ def profile(model, input_shape=None, tflite=True, int8=True, representative_data
     """
     shape_model = _fixed_shape_model(model, input_shape)
     rows = _layer_rows(shape_model)
+    input_shapes = [tuple(t.shape[1:]) for t in shape_model.inputs]
+    single_shape = input_shapes[0] if len(input_shapes) == 1 else None
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     total = model.count_params()
     result = {
         "model": model.name,
-        "input_shape": tuple(shape_model.inputs[0].shape[1:]) if len(model.inputs) == 1 else [tuple(t.shape[1:]) for t in shape_model.inputs],
+        "input_shape": single_shape or input_shapes,
         "params": total,
         "trainable_params": trainable,
         "non_trainable_params": total - trainable,
@@ -222,15 +232,14 @@ def profile(model, input_shape=None, tflite=True, int8=True, representative_data
         "tflite_errors": {},
     }
     if tflite:
-        fixed_shape = result["input_shape"] if len(model.inputs) == 1 else None
         conversions = {"float32": dict(quantization=None)}
         if int8:
-            if representative_data is None and fixed_shape is not None:
-                representative_data = random_images(fixed_shape)
+            if representative_data is None and single_shape is not None:
+                representative_data = random_images(single_shape)
             conversions["int8"] = dict(quantization="int8", representative_data=representative_data)
         for kind, options in conversions.items():
             try:
-                result[f"tflite_{kind}_bytes"] = len(to_tflite_bytes(model, input_shape=fixed_shape, **options))
+                result[f"tflite_{kind}_bytes"] = len(to_tflite_bytes(model, input_shape=single_shape, **options))
             except Exception as err:  # noqa: BLE001 - reported: sizes are optional, the counts are not
                 result["tflite_errors"][kind] = f"{type(err).__name__}: {err}"
     return result
@@ -261,7 +270,8 @@ def format_profile(result: dict, layers: bool = True, max_rows=None) -> str:
             rows = [row for i, row in enumerate(rows) if i in keep]
             lines.append(f"(the {max_rows} layers with the most MACs of {len(result['layers'])})")
         table = [("layer", "type", "output shape", "params", "MACs", "elementwise")] + [
-            (row["name"], row["type"], str(row["output_shape"]), f"{row['params']:,}", _human(row["macs"]), _human(row["elementwise"]))
+            (row["name"], row["type"], str(row["output_shape"]), f"{row['params']:,}",
+             _human(row["macs"]), _human(row["elementwise"]))
             for row in rows
         ]
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
@@ -270,8 +280,10 @@ def format_profile(result: dict, layers: bool = True, max_rows=None) -> str:
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
     lines += [
-        f"Parameters: {result['params']:,} ({result['trainable_params']:,} trainable, {result['non_trainable_params']:,} non-trainable)",
-        f"MACs per image: {_human(result['macs'])} ({result['macs']:,}); elementwise operations: {_human(result['elementwise'])}",
+        f"Parameters: {result['params']:,} ({result['trainable_params']:,} trainable, "
+        f"{result['non_trainable_params']:,} non-trainable)",
+        f"MACs per image: {_human(result['macs'])} ({result['macs']:,}); "
+        f"elementwise operations: {_human(result['elementwise'])}",
         "  (BatchNormalization counts 0 MACs: it folds into the preceding convolution at inference)",
     ]
     if result["uncounted"]:
