@@ -31,8 +31,17 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def deployable(model):
+    """The model worth saving: a training wrapper's inner model (``Distiller.student``) or ``model``."""
+    return getattr(model, "deployable_model", model)
+
+
 def save_model(model, path: str | os.PathLike) -> Path:
-    """Saves a model atomically, in the format its suffix names (``.keras`` or ``.h5``)."""
+    """Saves a model atomically, in the format its suffix names (``.keras`` or ``.h5``).
+
+    A training wrapper (``tfseg.Distiller``) saves the model it trains (its ``deployable_model``).
+    """
+    model = deployable(model)
     # The .keras format refuses include_optimizer; for .h5 the optimizer state is not worth its size.
     options = {"include_optimizer": False} if str(path).endswith(".h5") else {}
     return atomic_write(path, lambda tmp: model.save(tmp, **options))

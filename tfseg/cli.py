@@ -2,6 +2,7 @@
 
     tfseg quickstart                       train + evaluate a small U-Net on built-in synthetic scenes
     tfseg train --dataset camvid ...       train any zoo model on any dataset
+    tfseg distill --teacher RUN_DIR ...    train a small student from a trained teacher (knowledge distillation)
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
@@ -39,13 +40,20 @@ def _data_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--data-option takes KEY=VALUE, got {item!r}")
-        if re.fullmatch(r"-?\d+", value):
-            options[key] = int(value)
-        elif re.fullmatch(r"\d+x\d+", value):
-            options[key] = _size(value)
-        else:
-            options[key] = value
+        options[key] = _option_value(value)
     return options
+
+
+def _option_value(text: str):
+    """A KEY=VALUE option's value: int, float, HxW size, or the text itself."""
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+x\d+", text):
+        return _size(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _add_data_args(p, default_dataset="scenes"):
@@ -55,19 +63,47 @@ def _add_data_args(p, default_dataset="scenes"):
                    help="extra dataset option, repeatable (e.g. num_images=64)")
 
 
-def _cmd_train(args) -> int:
-    from tfseg.run import TrainConfig, train_run
-
-    config = TrainConfig(
+def _training_options(args) -> dict:
+    """TrainConfig fields shared by ``train`` and ``distill``."""
+    options = dict(
         out_dir=args.out, model=args.model, dataset=args.dataset, data_options=_data_options(args),
         crop_size=args.crop_size, eval_size=args.eval_size, batch_size=args.batch_size, epochs=args.epochs,
         loss=args.loss, class_weights=args.class_weights, optimizer=args.optimizer,
         learning_rate=args.lr, schedule=args.schedule, augment=None if args.no_augment else {}, seed=args.seed,
     )
     if args.width or args.depth:
-        config.model_options = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}
-    _, _, scores = train_run(config)
+        options["model_options"] = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}
+    return options
+
+
+def _cmd_train(args) -> int:
+    from tfseg.run import TrainConfig, train_run
+
+    _, _, scores = train_run(TrainConfig(**_training_options(args)))
     print(f"\nval mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out}")
+    return 0
+
+
+def _loss_spec(text: str) -> dict:
+    """'pixel_kd' or 'pixel_kd:temperature=4,alpha=0.5' -> {"loss": "pixel_kd", "temperature": 4, ...}."""
+    name, _, options = text.partition(":")
+    spec = {"loss": name.strip()}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--kd options are KEY=VALUE, got {item!r} in {text!r}")
+        spec[key.strip()] = _option_value(value.strip())
+    return spec
+
+
+def _cmd_distill(args) -> int:
+    from tfseg.distill.run import DistillConfig, distill_run
+
+    losses = [] if args.no_distillation else [_loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
+    config = DistillConfig(**_training_options(args), teacher_run=args.teacher, losses=losses,
+                           student_loss_weight=args.student_loss_weight)
+    _, _, scores = distill_run(config)
+    print(f"\nstudent val mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out}")
     return 0
 
 
@@ -121,6 +157,26 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _add_training_args(p, default_model="unet_small"):
+    p.add_argument("--model", default=default_model)
+    p.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
+    p.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
+    _add_data_args(p)
+    p.add_argument("--crop-size", type=_size, default=(96, 96), help="training input size, N or HxW")
+    p.add_argument("--eval-size", type=_size,
+                   help="model input size for validation on full-resolution labels (default: crop size)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--loss", default="ce", choices=("ce", "dice", "ce+dice"), help="ground-truth loss")
+    p.add_argument("--class-weights", choices=("median",), help="median-frequency class weights")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="poly", choices=("constant", "poly", "cosine"))
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a killed run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,23 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_quickstart)
 
     t = sub.add_parser("train", help="train a zoo model")
-    t.add_argument("--model", default="unet_small")
-    t.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
-    t.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
-    _add_data_args(t)
-    t.add_argument("--crop-size", type=_size, default=(96, 96), help="training input size, N or HxW")
-    t.add_argument("--eval-size", type=_size, help="model input size for validation (default: crop size)")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--loss", default="ce", choices=("ce", "dice", "ce+dice"))
-    t.add_argument("--class-weights", choices=("median",), help="median-frequency class weights")
-    t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--schedule", default="poly", choices=("constant", "poly", "cosine"))
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="run directory (resumes if it holds a killed run)")
+    _add_training_args(t)
     t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser("distill", help="train a student from a trained teacher run (knowledge distillation)")
+    d.add_argument("--teacher", required=True, help="the teacher's run directory (from tfseg train)")
+    _add_training_args(d, default_model="fastseg_tiny")
+    d.add_argument("--kd", dest="loss_kd", action="append", metavar="LOSS[:KEY=VALUE,...]",
+                   help="distillation loss, repeatable: pixel_kd, pairwise_kd, csc, ace, cwd, with options, "
+                        "e.g. pixel_kd:temperature=4,alpha=0.5 (default: pixel_kd)")
+    d.add_argument("--no-distillation", action="store_true", help="train the student alone in the same loop")
+    d.add_argument("--student-loss-weight", type=float, help="weight of the ground-truth loss (default: see Distiller)")
+    d.set_defaults(func=_cmd_distill)
 
     e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
     e.add_argument("run_dir")

@@ -9,7 +9,7 @@ import numpy as np
 
 from tfseg import data as seg_data
 from tfseg._keras import keras, tf
-from tfseg.checkpoint import write_json
+from tfseg.checkpoint import deployable, write_json
 from tfseg.metrics import confusion_matrix, format_scores, scores_from_confusion
 from tfseg.report import overlay_panel, plot_confusion, save_png
 from tfseg.train import check_output_classes, progress_verbosity
@@ -79,6 +79,54 @@ def evaluate(model, split, *, image_size=None, batch_size: int = 4, out_dir=None
     if out_dir is not None:
         write_report(out_dir, scores, info, overlays)
     return scores
+
+
+class LabelResolutionValidation(keras.callbacks.Callback):
+    """Scores the model on a split at full label resolution after every epoch, as ``val_*`` logs.
+
+    In-fit validation compares at the training input size, which is not the reported protocol
+    when training on crops (CamVid: 288x384 crops, scored on 360x480 labels). This callback runs
+    :func:`evaluate` instead and puts ``val_miou``, ``val_pixel_accuracy`` and ``val_mean_dice``
+    into the epoch logs, so pass it before the checkpoint and the CSV log (``fit(...,
+    epoch_scorers=[...])``).
+
+    Args:
+      split: the validation split.
+      image_size: (height, width) fed to the model.
+      rebuild: for models built at a fixed size other than ``image_size``, a function
+        ``model -> model at image_size`` (``tfseg.models.rebuild``); it is called once, later
+        epochs copy the weights into the rebuilt model.
+      batch_size: evaluation batch size.
+    """
+
+    LOGGED = ("miou", "pixel_accuracy", "mean_dice")
+
+    def __init__(self, split, image_size, rebuild=None, batch_size: int = 4):
+        super().__init__()
+        self.split, self.image_size, self.rebuild, self.batch_size = split, tuple(image_size), rebuild, batch_size
+        self._eval_model = None
+
+    def _model_at_size(self):
+        model = deployable(self.model)  # a Distiller is scored by its student
+        fixed = tuple(model.input_shape[1:3])
+        if None in fixed or fixed == self.image_size:
+            return model
+        if self.rebuild is None:
+            raise ValueError(
+                f"model {model.name!r} is built for {fixed[0]}x{fixed[1]} inputs; validating at "
+                f"{self.image_size[0]}x{self.image_size[1]} needs rebuild= (tfseg.models.rebuild)"
+            )
+        if self._eval_model is None:
+            self._eval_model = self.rebuild(model)
+        else:
+            self._eval_model.set_weights(model.get_weights())
+        return self._eval_model
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = evaluate(self._model_at_size(), self.split, image_size=self.image_size,
+                          batch_size=self.batch_size, num_overlays=0, verbose=0)
+        if logs is not None:
+            logs.update({f"val_{key}": float(scores[key]) for key in self.LOGGED})
 
 
 def write_report(out_dir: str | os.PathLike, scores: dict, info, overlays=()) -> Path:

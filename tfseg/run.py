@@ -18,7 +18,7 @@ from tfseg import models
 from tfseg._keras import keras
 from tfseg.checkpoint import write_json
 from tfseg.data.info import DatasetInfo
-from tfseg.evaluate import evaluate
+from tfseg.evaluate import LabelResolutionValidation, evaluate
 from tfseg.losses import median_frequency_weights
 from tfseg.train import compile_for_segmentation, fit, make_optimizer
 
@@ -37,7 +37,9 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     crop_size: tuple = (96, 96)
-    eval_size: tuple | None = None  # model input size at evaluation; defaults to crop_size
+    # Model input size at evaluation. When set, validation after each epoch (model selection) also
+    # runs at this size against the full-resolution labels instead of on resized crops.
+    eval_size: tuple | None = None
     batch_size: int = 8
     epochs: int = 10
     loss: str = "ce"
@@ -55,16 +57,24 @@ class TrainConfig:
         return d
 
 
-def train_run(config: TrainConfig, verbose="auto"):
-    """Trains ``config.model`` on ``config.dataset`` and evaluates the best model on the val split.
+@dataclasses.dataclass
+class RunData:
+    """What every run (plain training, distillation) prepares from its config."""
 
-    Resumes automatically if ``config.out_dir`` holds the backup of a killed run.
+    train_split: object
+    val_split: object
+    info: DatasetInfo
+    class_weights: list | None
+    train_data: object
+    val_data: object  # in-fit validation batches, or None when scorers validate at eval_size
+    scorers: list  # epoch scorers (LabelResolutionValidation) for fit()
+    eval_size: tuple
+    total_steps: int
 
-    Returns:
-      (best model, Keras History, validation scores).
-    """
+
+def prepare_run(config: TrainConfig) -> RunData:
+    """Seeds, loads the splits and builds the input pipelines and validation of a run."""
     keras.utils.set_random_seed(config.seed)
-    out = Path(config.out_dir)
     train_split = seg_data.load(config.dataset, config.train_split, **config.data_options)
     val_split = seg_data.load(config.dataset, config.val_split, **config.data_options)
     info = train_split.info
@@ -73,33 +83,68 @@ def train_run(config: TrainConfig, verbose="auto"):
         weights = median_frequency_weights(train_split.dataset(), info.num_classes, info.ignore_label).tolist()
     elif config.class_weights is not None:
         raise ValueError(f"class_weights must be None or 'median', got {config.class_weights!r}")
-
-    # Built at the crop size: some models (DeepLabV3's image pooling) need a fixed input size.
-    # Evaluation at another size rebuilds the model with the trained weights (load_run).
-    model = models.build(config.model, (*config.crop_size, 3), info.num_classes, **config.model_options)
     augment = seg_data.Augment(**config.augment) if config.augment is not None else None
     train_data = seg_data.train_pipeline(
         train_split, config.crop_size, config.batch_size, augment=augment, seed=config.seed
     )
     eval_size = tuple(config.eval_size or config.crop_size)
-    # Validation inside fit() runs at the training input size (Keras metrics need equal shapes);
-    # the final evaluation below is at eval_size against the full-resolution labels.
-    val_data = seg_data.train_pipeline(val_split, config.crop_size, config.batch_size, augment=None, shuffle=False)
+    if config.eval_size:
+        val_data = None
+        scorers = [LabelResolutionValidation(
+            val_split, eval_size, batch_size=config.batch_size,
+            rebuild=lambda m: models.rebuild(config.model, m, (*eval_size, 3), **config.model_options),
+        )]
+    else:
+        # Validation inside fit() runs at the training input size (Keras metrics need equal shapes);
+        # the final evaluation is at eval_size against the full-resolution labels.
+        val_data = seg_data.train_pipeline(val_split, config.crop_size, config.batch_size, augment=None, shuffle=False)
+        scorers = []
     steps = -(-len(train_split) // config.batch_size) * config.epochs
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=steps)
-    compile_for_segmentation(model, info.num_classes, loss=config.loss, class_weights=weights, optimizer=optimizer)
+    return RunData(train_split, val_split, info, weights, train_data, val_data, scorers, eval_size, steps)
 
-    write_json(out / RUN_FILE, {**config.to_dict(), "info": info.to_dict(), "class_weight_values": weights,
-                                "num_params": model.count_params()})
+
+def build_model(config: TrainConfig, info: DatasetInfo):
+    """``config.model`` at the crop size (DeepLabV3's image pooling needs a fixed input size;
+    evaluation at another size rebuilds it with the trained weights, see ``load_run``)."""
+    return models.build(config.model, (*config.crop_size, 3), info.num_classes, **config.model_options)
+
+
+def fit_run(config: TrainConfig, run: RunData, model, record: dict, verbose="auto"):
+    """Fits a compiled model (or Distiller) into ``config.out_dir`` and scores the best one on val.
+
+    Writes ``run.json`` (``record`` + config + dataset info) first, the training time after.
+
+    Returns:
+      (best model rebuilt at eval size, Keras History, validation scores).
+    """
+    out = Path(config.out_dir)
+    write_json(out / RUN_FILE, {**config.to_dict(), **record, "info": run.info.to_dict(),
+                                "class_weight_values": run.class_weights})
     start = time.time()
-    history = fit(model, train_data, val_data, out, config.epochs, verbose=verbose)
-    best, _ = load_run(out, input_size=eval_size)
-    record = json.loads((out / RUN_FILE).read_text())
-    record["train_seconds"] = round(time.time() - start, 1)
-    write_json(out / RUN_FILE, record)
-    scores = evaluate(best, val_split, image_size=eval_size, batch_size=config.batch_size,
+    history = fit(model, run.train_data, run.val_data, out, config.epochs, verbose=verbose, epoch_scorers=run.scorers)
+    best, _ = load_run(out, input_size=run.eval_size)
+    saved = json.loads((out / RUN_FILE).read_text())
+    saved["train_seconds"] = round(time.time() - start, 1)
+    write_json(out / RUN_FILE, saved)
+    scores = evaluate(best, run.val_split, image_size=run.eval_size, batch_size=config.batch_size,
                       out_dir=out / "eval" / config.val_split, verbose=verbose)
     return best, history, scores
+
+
+def train_run(config: TrainConfig, verbose="auto"):
+    """Trains ``config.model`` on ``config.dataset`` and evaluates the best model on the val split.
+
+    Resumes automatically if ``config.out_dir`` holds the backup of a killed run.
+
+    Returns:
+      (best model, Keras History, validation scores).
+    """
+    run = prepare_run(config)
+    model = build_model(config, run.info)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=run.total_steps)
+    compile_for_segmentation(model, run.info.num_classes, loss=config.loss, class_weights=run.class_weights,
+                             optimizer=optimizer)
+    return fit_run(config, run, model, {"num_params": model.count_params()}, verbose=verbose)
 
 
 def load_run(run_dir, which: str = "best", input_size=None):

@@ -144,8 +144,9 @@ def fit(
     out_dir: str | os.PathLike,
     epochs: int,
     *,
-    monitor: str = "val_miou",
+    monitor: str | None = None,
     callbacks: Sequence = (),
+    epoch_scorers: Sequence = (),
     steps_per_epoch: int | None = None,
     verbose="auto",
     tensorboard: bool = True,
@@ -159,14 +160,17 @@ def fit(
       train_data, val_data: batched datasets of (images, masks).
       out_dir: run directory.
       epochs: total epochs (a resumed run continues up to this number).
-      monitor: the log key that picks the best model.
+      monitor: the log key that picks the best model; default ``val_miou``, or ``miou`` without
+        validation data or epoch scorers.
       callbacks: extra callbacks, run after the standard ones.
+      epoch_scorers: callbacks that add scores to the epoch logs (e.g.
+        ``tfseg.evaluate.LabelResolutionValidation``); they run before the checkpoint and log.
 
     Returns:
       The Keras History of this (possibly resumed) fit.
     """
-    if val_data is None and monitor.startswith("val_"):
-        monitor = monitor[len("val_"):]
+    if monitor is None:
+        monitor = "val_miou" if val_data is not None or epoch_scorers else "miou"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     history = model.fit(
@@ -174,7 +178,7 @@ def fit(
         validation_data=val_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=training_callbacks(out, monitor, tensorboard) + list(callbacks),
+        callbacks=list(epoch_scorers) + training_callbacks(out, monitor, tensorboard) + list(callbacks),
         verbose=progress_verbosity(verbose),
     )
     save_model(model, out / "last.keras")

@@ -48,9 +48,27 @@ ENDPOINT_NAMES = (
 )
 
 
+# TF-MOT renames the layers it wraps: pruning adds "prune_low_magnitude_", QAT adds "quant_".
+WRAPPER_PREFIXES = ("prune_low_magnitude_", "quant_")
+
+
+def unwrapped_name(layer_name: str) -> str:
+    """A layer's name without the prefix a TF-MOT pruning or quantization wrapper gave it."""
+    for prefix in WRAPPER_PREFIXES:
+        if layer_name.startswith(prefix):
+            return layer_name[len(prefix):]
+    return layer_name
+
+
 def endpoints(model) -> dict:
-    """``{endpoint name: layer}`` for the endpoints a model has (see ``ENDPOINT_NAMES``)."""
-    names = {layer.name: layer for layer in model.layers}
+    """``{endpoint name: layer}`` for the endpoints a model has (see ``ENDPOINT_NAMES``).
+
+    Also finds them in pruned and quantization-aware copies, whose layers TF-MOT renamed.
+    """
+    names = {}
+    for layer in model.layers:
+        names.setdefault(layer.name, layer)
+        names.setdefault(unwrapped_name(layer.name), layer)
     return {name: names[name] for name in ENDPOINT_NAMES if name in names}
 
 

@@ -1,0 +1,73 @@
+"""Distillation runs from a teacher run directory: the library call and the `tfseg distill` command."""
+
+import json
+
+import pytest
+
+from tfseg.cli import main
+from tfseg.errors import ConfigError
+
+TINY = ["--data-option", "num_images=8", "--data-option", "image_size=32x32"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train", "--model", "unet_small", "--crop-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--no-augment", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_distill_run_records_teacher_and_losses(teacher_run, tmp_path):
+    from tfseg.distill.run import DistillConfig, distill_run
+    from tfseg.run import load_run
+
+    config = DistillConfig(
+        out_dir=str(tmp_path / "student"), model="fastseg_tiny", data_options={"num_images": 8, "image_size": (32, 32)},
+        crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=1, augment=None, class_weights="median",
+        teacher_run=str(teacher_run), losses=["pixel_kd", {"loss": "cwd", "temperature": 2.0}],
+    )
+    _, history, scores = distill_run(config, verbose=0)
+    assert {"student_loss", "pixel_kd", "cwd", "total_loss", "val_miou"} <= set(history.history)
+    assert 0.0 <= scores["miou"] <= 1.0
+    record = json.loads((tmp_path / "student" / "run.json").read_text())
+    assert record["teacher"]["run"] == str(teacher_run) and record["teacher"]["model"].startswith("unet")
+    kd, cwd = record["distillation_losses"]
+    assert kd["class"] == "PixelKD" and cwd["temperature"] == 2.0
+    # The run's median-frequency weights reach PixelKD's cross-entropy term, as they reach the baseline's CE.
+    assert kd["class_weights"] == pytest.approx(record["class_weight_values"])
+    student, _ = load_run(tmp_path / "student", input_size=(48, 64))
+    assert student.name == "fastseg_tiny" and student.output_shape == (None, 48, 64, 6)
+
+
+def test_distill_command_and_its_errors(teacher_run, tmp_path, capsys):
+    out = tmp_path / "cli-student"
+    code = main(["distill", "--teacher", str(teacher_run), "--model", "fastseg_tiny", "--crop-size", "32",
+                 "--epochs", "1", "--batch-size", "8", "--no-augment", "--kd", "pixel_kd:temperature=2,alpha=0.7",
+                 "--kd", "pairwise_kd:pool_size=1", "--out", str(out), *TINY])
+    assert code == 0
+    losses = json.loads((out / "run.json").read_text())["distillation_losses"]
+    assert (losses[0]["temperature"], losses[0]["alpha"], losses[1]["pool_size"]) == (2.0, 0.7, 1)
+    assert "student val mIoU" in capsys.readouterr().out
+
+    code = main(["distill", "--teacher", str(teacher_run), "--kd", "hinton", "--out", str(tmp_path / "x"), *TINY])
+    assert code == 2 and "unknown distillation loss 'hinton'" in capsys.readouterr().err
+    code = main(["distill", "--teacher", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"), *TINY])
+    assert code == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_teacher_trained_on_other_classes_is_refused(teacher_run, tmp_path):
+    import shutil
+
+    from tfseg.distill.run import DistillConfig, distill_run
+
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher_run, other)
+    record = json.loads((other / "run.json").read_text())
+    record["info"]["class_names"] = [f"class{i}" for i in range(len(record["info"]["class_names"]))]
+    (other / "run.json").write_text(json.dumps(record))
+    config = DistillConfig(out_dir=str(tmp_path / "s"), model="fastseg_tiny", dataset="scenes",
+                           data_options={"num_images": 8, "image_size": (32, 32)},
+                           crop_size=(32, 32), epochs=1, augment=None, teacher_run=str(other))
+    with pytest.raises(ConfigError, match="trained on classes"):
+        distill_run(config, verbose=0)

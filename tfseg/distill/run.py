@@ -1,0 +1,105 @@
+"""A distillation run: a student trained from a teacher run directory, recorded like a training run.
+
+The run directory has the same layout as ``tfseg.run.train_run``'s (``run.json``, ``best.keras``
+= the student, logs, curves, evaluation), so ``tfseg.run.load_run``, ``tfseg evaluate`` and the
+export tools take it as they take any run. ``run.json`` also records the teacher and the losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from tfseg.distill import losses as kd_losses
+from tfseg.distill.distiller import Distiller
+from tfseg.errors import ConfigError
+from tfseg.run import TrainConfig, build_model, fit_run, load_run, prepare_run
+from tfseg.train import check_output_classes, make_loss, make_optimizer, segmentation_metrics
+
+LOSSES = {
+    "pixel_kd": kd_losses.PixelKD,
+    "pairwise_kd": kd_losses.PairwiseKD,
+    "csc": kd_losses.CSCLoss,
+    "ace": kd_losses.AdaptiveCrossEntropy,
+    "cwd": kd_losses.ChannelWiseKD,
+}
+
+
+def make_distillation_loss(spec, class_weights=None):
+    """A distillation loss from a name (``"pixel_kd"``) or a dict (``{"loss": "cwd", "temperature": 2}``).
+
+    ``class_weights`` (the run's) go to losses with a ground-truth term that take them (PixelKD),
+    unless the spec sets its own, so that a distilled student and its baseline weigh classes alike.
+
+    Raises:
+      ConfigError: unknown loss name or option, naming it and the choices.
+    """
+    if isinstance(spec, kd_losses.DistillationLoss):
+        return spec
+    options = {"loss": spec} if isinstance(spec, str) else dict(spec)
+    kind = options.pop("loss", None)
+    if kind not in LOSSES:
+        raise ConfigError(f"unknown distillation loss {kind!r}; choose from {', '.join(LOSSES)}")
+    if class_weights is not None and "class_weights" in inspect.signature(LOSSES[kind]).parameters:
+        options.setdefault("class_weights", class_weights)
+    try:
+        return LOSSES[kind](**options)
+    except TypeError as error:
+        raise ConfigError(f"bad options for distillation loss {kind!r} {options}: {error}") from None
+
+
+@dataclasses.dataclass
+class DistillConfig(TrainConfig):
+    """A TrainConfig for the student (``model`` etc.) plus the teacher and the losses.
+
+    ``losses``: names or dicts for ``make_distillation_loss``; ``[]`` trains the student alone
+    through the same loop (the baseline of an ablation). ``student_loss_weight``: see Distiller.
+    """
+
+    out_dir: str = "runs/distill"
+    teacher_run: str = "runs/camvid/teacher"
+    teacher_which: str = "best"
+    losses: list = dataclasses.field(default_factory=lambda: ["pixel_kd"])
+    student_loss_weight: float | None = None
+
+
+def load_teacher(config: DistillConfig):
+    """The teacher of a run directory, rebuilt at the student's training crop size."""
+    teacher, info = load_run(config.teacher_run, config.teacher_which, input_size=config.crop_size)
+    return teacher, info
+
+
+def distill_run(config: DistillConfig, verbose="auto"):
+    """Distils ``config.teacher_run``'s model into a new ``config.model`` student.
+
+    Returns:
+      (best student at eval size, Keras History, validation scores).
+
+    Raises:
+      ConfigError: the teacher was trained on other classes, bad loss specification.
+    """
+    run = prepare_run(config)
+    teacher, teacher_info = load_teacher(config)
+    if teacher_info.class_names != run.info.class_names:
+        raise ConfigError(
+            f"the teacher in {config.teacher_run} was trained on classes {teacher_info.class_names}, "
+            f"but {config.dataset!r} has {run.info.class_names}"
+        )
+    student = build_model(config, run.info)
+    check_output_classes(student, run.info.num_classes)
+    losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
+    distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=run.total_steps)
+    distiller.compile(
+        optimizer,
+        loss=make_loss(config.loss, run.info.num_classes, run.class_weights),
+        metrics=segmentation_metrics(run.info.num_classes),
+    )
+    record = {
+        "num_params": student.count_params(),
+        "teacher": {"run": str(config.teacher_run), "which": config.teacher_which, "model": teacher.name,
+                    "num_params": teacher.count_params()},
+        "distillation_losses": [loss.get_config() | {"class": type(loss).__name__} for loss in losses],
+        "student_loss_weight_used": distiller.student_loss_weight,
+    }
+    return fit_run(config, run, distiller, record, verbose=verbose)
