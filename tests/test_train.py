@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,8 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "backup").is_dir() and (out / "best.keras").exists()
     assert not (out / "last.keras").exists()
+    clock = json.loads((out / "train_time.json").read_text())
+    assert clock["epochs"] == 2 and clock["seconds"] > 0
 
     resumed = subprocess.run([sys.executable, str(script), str(out), "-1"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -57,6 +60,8 @@ def test_killed_run_resumes_after_its_last_finished_epoch(tmp_path):
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
     assert (out / "last.keras").exists() and (out / "curves.png").exists()
     assert not (out / "backup").exists()  # removed once training finished
+    total = json.loads((out / "train_time.json").read_text())
+    assert total["epochs"] == 4 and total["seconds"] > clock["seconds"]  # both sessions counted
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

@@ -11,6 +11,17 @@ from pathlib import Path
 from tfseg._keras import keras
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; read once, at import
+    os.umask(mask)
+    return mask
+
+
+# The permissions open() / mkdir() would give: mkstemp and mkdtemp create owner-only entries.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then renames it over ``path``.
 
@@ -23,6 +34,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file owner-only (0600); give it what a plain open() would.
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

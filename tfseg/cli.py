@@ -3,6 +3,9 @@
     tfseg quickstart                       train + evaluate a small U-Net on built-in synthetic scenes
     tfseg train --dataset camvid ...       train any zoo model on any dataset
     tfseg distill --teacher RUN_DIR ...    train a small student from a trained teacher (knowledge distillation)
+    tfseg prune RUN_DIR --out DIR          iterative L1 filter pruning with fine-tuning, per-round figures
+    tfseg quantize RUN_DIR --out DIR       quantization-aware fine-tuning (QAT; with --teacher: QAT + distillation)
+    tfseg export RUN_DIR --out FILE        int8 / float16 / dynamic / float TFLite or SavedModel, checked against Keras
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
@@ -107,6 +110,71 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _cmd_prune(args) -> int:
+    from tfseg.prune.run import prune_run
+
+    _, rows = prune_run(args.run_dir, args.out, step=args.step, target=args.target,
+                        fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split=args.split,
+                        criterion=args.criterion, scope=args.scope, learning_rate=args.lr,
+                        latency_threads=args.latency_threads)
+    keys = list(rows[0])
+    print("\n" + " | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row[key]) for key in keys))
+    print(f"pruned run in {args.out} (rounds.json, pruning.png, best.keras)")
+    return 0
+
+
+def _cmd_quantize(args) -> int:
+    from tfseg.quantize.run import QATConfig, qat_run
+
+    losses = [_loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
+    config = QATConfig(run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs,
+                       learning_rate=args.lr, batch_size=args.batch_size, image_size=args.image_size,
+                       preserve_sparsity=args.preserve_sparsity, teacher_run=args.teacher, losses=losses,
+                       augment=not args.no_augment, calibration_images=args.calibration_images, seed=args.seed)
+    _, _, scores = qat_run(config)
+    print(f"\nquantization-aware val mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out} "
+          f"(next: tfseg export {args.out} --out MODEL.tflite)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from tfseg import data as seg_data
+    from tfseg import export
+    from tfseg.quantize.ptq import representative_images
+    from tfseg.quantize.qat import is_quantization_aware
+    from tfseg.run import load_run, run_record
+
+    record = run_record(args.run_dir)
+    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
+    model, info = load_run(args.run_dir, args.which, input_size=size)
+    options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
+    dataset = args.dataset or record["dataset"]
+    common = dict(info=info, input_size=size, model_name=record["model"])
+    if args.format == "saved_model":
+        result = export.to_saved_model(model, args.out, **common)
+    else:
+        quantization = args.quantization
+        if is_quantization_aware(model) and quantization != "int8":
+            raise ConfigError(f"{args.run_dir} is quantization-aware: it exports as int8 only")
+        representative = None
+        if quantization == "int8" and not is_quantization_aware(model):
+            train = seg_data.load(dataset, args.calibration_split, **options)
+            representative = representative_images(train, size, args.calibration_images, seed=args.seed)
+        result = export.to_tflite(model, args.out, quantization, io_dtype=args.io_dtype,
+                                  representative_data=representative, **common)
+    size_text = f" ({result['bytes'] / 1024:.0f} KiB)" if "bytes" in result else ""
+    print(f"wrote {result['path']}{size_text} and {result['sidecar']}")
+    if args.verify_split:
+        split = seg_data.load(dataset, args.verify_split, **options)
+        report = export.verify(model, args.out, split, info=info, image_size=size, max_images=args.verify_images)
+        print(f"{dataset}/{args.verify_split}, {report['num_images']} images: argmax agreement "
+              f"{100 * report['agreement']:.2f} %, mIoU {100 * report['miou_exported']:.2f} exported vs "
+              f"{100 * report['miou_keras']:.2f} Keras")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
@@ -199,6 +267,57 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-distillation", action="store_true", help="train the student alone in the same loop")
     d.add_argument("--student-loss-weight", type=float, help="weight of the ground-truth loss (default: see Distiller)")
     d.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("prune", help="iterative L1 filter pruning of a trained run, with fine-tuning")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="directory of the pruned run")
+    p.add_argument("--step", type=float, default=0.15, help="share of the original filters removed per round")
+    p.add_argument("--target", type=float, default=0.75, help="share of the filters removed at the end")
+    p.add_argument("--fine-tune-epochs", type=int, default=2)
+    p.add_argument("--distill", action="store_true", help="fine-tune by distillation from the unpruned model")
+    p.add_argument("--split", default="val", help="split scored after each round")
+    p.add_argument("--criterion", default="l1", choices=("l1", "l2", "bn_gamma"))
+    p.add_argument("--scope", default="layer", choices=("layer", "global"))
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    p.add_argument("--latency-threads", type=int, default=1, help="LiteRT threads for per-round latency (0: skip)")
+    p.set_defaults(func=_cmd_prune)
+
+    qz = sub.add_parser("quantize", help="quantization-aware fine-tuning of a trained run (QAT, or QAT + KD)")
+    qz.add_argument("run_dir", help="the trained float run")
+    qz.add_argument("--out", required=True, help="directory of the quantization-aware run")
+    qz.add_argument("--which", default="best", choices=("best", "last"))
+    qz.add_argument("--epochs", type=int, default=3)
+    qz.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine decay)")
+    qz.add_argument("--batch-size", type=int, help="default: the run's")
+    qz.add_argument("--image-size", type=_size, help="train/validation input size (default: the run's eval size)")
+    qz.add_argument("--preserve-sparsity", action="store_true", help="prune-preserving QAT for magnitude-pruned runs")
+    qz.add_argument("--teacher", help="a teacher run: quantization-aware knowledge distillation")
+    qz.add_argument("--kd", dest="loss_kd", action="append", metavar="LOSS[:KEY=VALUE,...]",
+                    help="distillation loss with --teacher, repeatable (default: pixel_kd)")
+    qz.add_argument("--no-augment", action="store_true")
+    qz.add_argument("--calibration-images", type=int, default=32,
+                    help="training images the activation ranges start from (0: TF-MOT's [-6, 6])")
+    qz.add_argument("--seed", type=int, default=0)
+    qz.set_defaults(func=_cmd_quantize)
+
+    x = sub.add_parser("export", help="export a run as TFLite or SavedModel, with metadata and a parity check")
+    x.add_argument("run_dir", help="a run directory (float, pruned or quantization-aware)")
+    x.add_argument("--out", required=True, help="the .tflite file or the SavedModel directory")
+    x.add_argument("--which", default="best", choices=("best", "last"))
+    x.add_argument("--format", default="tflite", choices=("tflite", "saved_model"))
+    x.add_argument("--quantization", default="int8", choices=("int8", "float16", "dynamic", "none"))
+    x.add_argument("--io-dtype", choices=("uint8", "int8", "float32"),
+                   help="int8 model input/output type (default uint8)")
+    x.add_argument("--image-size", type=_size, help="input size (default: the run's eval size)")
+    x.add_argument("--calibration-split", default="train", help="split the int8 calibration images come from")
+    x.add_argument("--calibration-images", type=int, default=100)
+    x.add_argument("--verify-split", help="check the export against the Keras model on this split (e.g. val)")
+    x.add_argument("--verify-images", type=int, help="at most this many images for --verify-split")
+    x.add_argument("--dataset", help="default: the run's dataset")
+    x.add_argument("--data-dir")
+    x.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    x.add_argument("--seed", type=int, default=0, help="which calibration images")
+    x.set_defaults(func=_cmd_export)
 
     e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
     e.add_argument("run_dir")

@@ -85,6 +85,25 @@ def plot_curves(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | N
         plt.close(fig)
 
 
+def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    """One panel per quantity in ``ys`` against ``x`` over a list of records (e.g. pruning rounds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(ys), figsize=(4 * len(ys), 3.2), squeeze=False)
+    xs = [row[x] for row in rows]
+    for ax, key in zip(axes[0], ys):
+        ax.plot(xs, [row.get(key) for row in rows], marker="o")
+        ax.set_xlabel(x)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (rows: ground truth) as a heat map."""
     cm = np.asarray(cm, dtype=np.float64)

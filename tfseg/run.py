@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from tfseg import data as seg_data
@@ -112,7 +111,8 @@ def build_model(config: TrainConfig, info: DatasetInfo):
 def fit_run(config: TrainConfig, run: RunData, model, record: dict, verbose="auto"):
     """Fits a compiled model (or Distiller) into ``config.out_dir`` and scores the best one on val.
 
-    Writes ``run.json`` (``record`` + config + dataset info) first, the training time after.
+    Writes ``run.json`` (``record`` + config + dataset info) first, the training time (over all
+    sessions of a resumed run, in-fit validation included) after.
 
     Returns:
       (best model rebuilt at eval size, Keras History, validation scores).
@@ -120,11 +120,11 @@ def fit_run(config: TrainConfig, run: RunData, model, record: dict, verbose="aut
     out = Path(config.out_dir)
     write_json(out / RUN_FILE, {**config.to_dict(), **record, "info": run.info.to_dict(),
                                 "class_weight_values": run.class_weights})
-    start = time.time()
     history = fit(model, run.train_data, run.val_data, out, config.epochs, verbose=verbose, epoch_scorers=run.scorers)
     best, _ = load_run(out, input_size=run.eval_size)
     saved = json.loads((out / RUN_FILE).read_text())
-    saved["train_seconds"] = round(time.time() - start, 1)
+    # Summed over sessions when the run was killed and resumed (TrainingClock).
+    saved["train_seconds"] = json.loads((out / "train_time.json").read_text())["seconds"]
     write_json(out / RUN_FILE, saved)
     scores = evaluate(best, run.val_split, image_size=run.eval_size, batch_size=config.batch_size,
                       out_dir=out / "eval" / config.val_split, verbose=verbose)
@@ -150,6 +150,8 @@ def train_run(config: TrainConfig, verbose="auto"):
 def load_run(run_dir, which: str = "best", input_size=None):
     """Loads a run's model (``best`` or ``last``) and its DatasetInfo.
 
+    Quantization-aware runs (``tfseg.quantize.run``) load their ``{which}.h5`` instead.
+
     Args:
       run_dir: a training run directory.
       which: ``"best"`` or ``"last"``.
@@ -160,12 +162,33 @@ def load_run(run_dir, which: str = "best", input_size=None):
       FileNotFoundError: naming the missing file.
     """
     record = run_record(run_dir)
+    if record.get("qat"):
+        return _load_qat_run(run_dir, which, input_size, record)
     model_path = Path(run_dir) / f"{which}.keras"
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path} not found: is {run_dir} a finished tfseg training run?")
     model = keras.models.load_model(model_path, compile=False)
     if input_size is not None and tuple(model.input_shape[1:3]) != tuple(input_size):
-        model = models.rebuild(record["model"], model, (*input_size, 3), **record["model_options"])
+        if record.get("filter_pruned"):  # narrower than the builder's network: rebuild it narrowed
+            from tfseg.prune.filters import rebuild_pruned
+
+            model = rebuild_pruned(record["model"], model, (*input_size, 3), **record["model_options"])
+        else:
+            model = models.rebuild(record["model"], model, (*input_size, 3), **record["model_options"])
+    return model, DatasetInfo.from_dict(record["info"])
+
+
+def _load_qat_run(run_dir, which, input_size, record):
+    """A quantization-aware run (``tfseg.quantize.run``) keeps HDF5 models of a fixed input size."""
+    from tfseg.errors import ConfigError
+    from tfseg.quantize.qat import load_qat
+
+    model = load_qat(Path(run_dir) / f"{which}.h5")
+    if input_size is not None and tuple(model.input_shape[1:3]) != tuple(input_size):
+        raise ConfigError(
+            f"the quantization-aware model of {run_dir} takes {model.input_shape[1]}x{model.input_shape[2]} "
+            f"inputs and cannot be rebuilt at {input_size[0]}x{input_size[1]}; fine-tune it at that size"
+        )
     return model, DatasetInfo.from_dict(record["info"])
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfseg._keras import tf
 
-QUANTIZATIONS = (None, "float16", "int8")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 IO_DTYPES = ("int8", "uint8", "float32")
 
 
@@ -115,10 +115,12 @@ def to_tflite_bytes(
 
     Args:
       model: a Keras model (plain, pruned-and-stripped or QAT).
-      quantization: None (float32), ``"float16"`` (float16 weights) or ``"int8"`` (full integer:
-        int8 weights and activations, only ``TFLITE_BUILTINS_INT8`` ops, so the conversion fails
-        rather than leaving float ops behind).
-      representative_data: for ``"int8"``: images to calibrate activation ranges with: an array
+      quantization: None (float32), ``"float16"`` (float16 weights), ``"dynamic"`` (dynamic range:
+        int8 weights, float activations, no calibration) or ``"int8"`` (full integer: int8
+        weights and activations, only ``TFLITE_BUILTINS_INT8`` ops, so the conversion fails
+        rather than leaving float ops behind). A quantization-aware (TF-MOT) model converts to
+        ``"int8"`` with the ranges its fake-quant nodes learned, without calibration.
+      representative_data: for ``"int8"`` of a float model: images to calibrate activation ranges with: an array
         (N, H, W, C), an iterable or ``tf.data.Dataset`` of images, batches or ``(image, mask)``
         pairs, or a callable returning one. A hundred real images is typical; ``random_images``
         when only size or speed matters.
@@ -143,7 +145,10 @@ def to_tflite_bytes(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
-    if quantization == "int8" and representative_data is None:
+    qat = any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2") for layer in model.layers)
+    if qat and quantization != "int8":
+        raise ValueError(f"{model.name!r} is quantization-aware: convert it with quantization='int8'")
+    if quantization == "int8" and representative_data is None and not qat:
         raise ValueError(
             "int8 conversion needs representative_data (e.g. 100 training images); "
             "tfseg.tflite.random_images(shape) will do when only size or speed matters"
@@ -161,13 +166,29 @@ def to_tflite_bytes(
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: _calibration_batches(representative_data, shapes)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if not qat:
+            converter.representative_dataset = lambda: _calibration_batches(representative_data, shapes)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # A QAT model carries its ranges in its fake-quant nodes. Requiring TFLITE_BUILTINS_INT8
+        # for it fails in TF 2.21 ("a representative_dataset must be specified": the check runs
+        # before the converter has seen the graph), so its ops are checked after conversion.
         if io_dtype != "float32":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io_dtype)
-    return converter.convert()
+    flatbuffer = converter.convert()
+    if quantization == "int8" and qat:
+        left = sorted({op["op"] for op in tflite_ops(flatbuffer)
+                       if op["op"] not in ("QUANTIZE", "DEQUANTIZE")
+                       and any(t["dtype"] == "float32" for t in op["inputs"] + op["outputs"])})
+        if left:
+            raise ValueError(
+                f"the quantization-aware model {model.name!r} converted with float operators left ({', '.join(left)}): "
+                "some layer has no fake-quant range (see tfseg.quantize.configs)"
+            )
+    return flatbuffer
 
 
 def _interpreter_class():
@@ -199,11 +220,12 @@ def run_tflite(tflite_bytes: bytes, inputs, num_threads: int = 1) -> np.ndarray:
     zero point, so float32, float16 and int8 models can be compared on the same images.
 
     Args:
-      tflite_bytes: the model.
+      tflite_bytes: the model, or an interpreter from ``interpreter()`` to reuse across calls
+        (creating one packs the weights again, which dominates when running many images).
       inputs: float array of the model's input shape (batch included), pixels in [0, 255].
-      num_threads: interpreter threads.
+      num_threads: interpreter threads (when given bytes).
     """
-    runner = interpreter(tflite_bytes, num_threads)
+    runner = tflite_bytes if hasattr(tflite_bytes, "invoke") else interpreter(tflite_bytes, num_threads)
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
     x = np.asarray(inputs, np.float32)
     if np.issubdtype(inp["dtype"], np.integer):
@@ -271,13 +293,115 @@ def litert_latency(tflite_bytes: bytes, num_threads: int = 1, runs: int = 20, wa
     }
 
 
+
+
+# TFLite files carry named metadata buffers (the converter already writes some, e.g.
+# "min_runtime_version"); tfseg's JSON goes under this name, for the device runner (tfseg-lite).
+METADATA_NAME = "tfseg"
+
+
+def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAME) -> bytes:
+    """Returns the TFLite model with ``metadata`` stored as a JSON buffer named ``name`` (replaced if present)."""
+    import json
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    payload = np.frombuffer(json.dumps(metadata, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    model.metadata = [entry for entry in (model.metadata or []) if entry.name.decode() != name]
+    buffer = schema.BufferT()
+    buffer.data = payload
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(tflite_bytes: bytes, name: str = METADATA_NAME) -> dict | None:
+    """The JSON metadata named ``name`` in a TFLite model, or None."""
+    import json
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    for entry in model.metadata or []:
+        if entry.name.decode() == name:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode("utf-8"))
+    return None
+
+
+def _enum_names(enum_class) -> dict:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def tflite_ops(tflite_bytes: bytes) -> list[dict]:
+    """The operators of a TFLite model's main graph, in execution order, with their tensors.
+
+    For checking what a conversion produced (every convolution in int8, no float op left) and
+    reading constant weights (e.g. the sparsity of int8 kernels) without running the model.
+
+    Args:
+      tflite_bytes: the model.
+
+    Returns:
+      One dict per operator: ``{"op": "CONV_2D", "inputs": [...], "outputs": [...]}``, each
+      tensor ``{"name", "dtype" ("int8", "float32", ...), "shape", "data"}`` where ``data`` is
+      the constant's values as an array (None for activations; absent optional inputs are left
+      out).
+
+    Example:
+      >>> [op["op"] for op in tflite_ops(int8_bytes) if op["outputs"][0]["dtype"] == "float32"]
+      []
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
+    graph = model.subgraphs[0]
+
+    def tensor(index):
+        t = graph.tensors[index]
+        dtype = type_names[t.type].lower()
+        data = model.buffers[t.buffer].data if t.buffer else None
+        shape = [int(d) for d in (t.shape if t.shape is not None else [])]
+        if data is not None and len(data):
+            raw = bytes(np.asarray(data, np.uint8))
+            try:
+                data = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+            except (TypeError, ValueError):  # e.g. string tensors: left as bytes
+                data = raw
+        else:
+            data = None
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        return {"name": name, "dtype": dtype, "shape": shape, "data": data}
+
+    ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)  # the schema keeps both fields
+        ops.append({
+            "op": op_names.get(builtin, f"BUILTIN_{builtin}"),
+            "inputs": [tensor(i) for i in op.inputs if i >= 0],
+            "outputs": [tensor(i) for i in op.outputs],
+        })
+    return ops
+
+
 __all__ = [
     "IO_DTYPES",
+    "METADATA_NAME",
     "QUANTIZATIONS",
+    "embed_metadata",
     "interpreter",
     "litert_latency",
     "model_input_shapes",
     "random_images",
+    "read_metadata",
     "run_tflite",
+    "tflite_ops",
     "to_tflite_bytes",
 ]

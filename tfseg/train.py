@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -123,6 +124,29 @@ class CurvesPlot(keras.callbacks.Callback):
             plot_curves(self.log_csv, self.path)
 
 
+class TrainingClock(keras.callbacks.Callback):
+    """Keeps the training time of a run in ``path`` (JSON), summed over resumed sessions.
+
+    Written after every epoch, so a killed run keeps the time of its finished epochs; the
+    interrupted epoch's time is lost with its weights.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_begin(self, logs=None):
+        import json
+
+        self.before = json.loads(self.path.read_text())["seconds"] if self.path.exists() else 0.0
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tfseg.checkpoint import write_json
+
+        write_json(self.path, {"seconds": round(self.before + time.time() - self.start, 1), "epochs": epoch + 1})
+
+
 def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", tensorboard: bool = True) -> list:
     """The callbacks of ``fit``, in an order where the log is written before it is plotted."""
     out = Path(out_dir)
@@ -131,6 +155,7 @@ def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", te
         BestModelCheckpoint(out / "best.keras", monitor=monitor, mode="min" if "loss" in monitor else "max"),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         CurvesPlot(out / "log.csv", out / "curves.png"),
+        TrainingClock(out / "train_time.json"),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))

@@ -31,7 +31,10 @@ LOW_LEVEL_BLOCK, S8_BLOCK, S16_BLOCK = 2, 5, 12
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths keras.applications has weights for
 OUTPUT_STRIDES = (8, 16, 32)
 
-_BN = {"epsilon": 1e-3, "momentum": 0.999}  # keras.applications' (and TF-Slim's) BN settings
+# keras.applications' epsilon; its momentum 0.999 is too slow for CPU-length fine-tunes: after 9
+# CamVid epochs (414 steps) the moving statistics still held 66 % of the ImageNet ones, and val
+# pixel accuracy was 0.65 with them against 0.84 with batch statistics. 0.99 tracks in ~100 steps.
+_BN = {"epsilon": 1e-3, "momentum": 0.99}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

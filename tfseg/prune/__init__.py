@@ -7,6 +7,7 @@ from tfseg.prune.filters import (
     filter_scores,
     plan_filter_pruning,
     prune_filters,
+    rebuild_pruned,
     zero_pruned_channels,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "filter_scores",
     "plan_filter_pruning",
     "prune_filters",
+    "rebuild_pruned",
     "zero_pruned_channels",
 ]

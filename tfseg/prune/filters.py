@@ -274,3 +274,37 @@ def zero_pruned_channels(model, plan: FilterPruningPlan):
         else:
             continue
         layer.set_weights(weights)
+
+
+def rebuild_pruned(name: str, pruned, input_shape, **options):
+    """A filter-pruned zoo model rebuilt at another input size, with its weights.
+
+    ``tfseg.models.rebuild`` re-runs the builder, which makes the full-width network; here the
+    full network at ``input_shape`` is narrowed to the pruned model's channel counts (read from
+    its producing layers) before the weights are copied by layer name.
+
+    Args:
+      name: the zoo name the unpruned model was built with.
+      pruned: the pruned model (from ``apply_plan`` / ``prune_filters``).
+      input_shape: the new (height, width, 3).
+      **options: the builder options of the unpruned model.
+
+    Raises:
+      ValueError: the pruned model does not come from ``name`` with these options.
+    """
+    from tfseg import models
+    from tfseg.models.common import copy_weights
+
+    options = {k: v for k, v in options.items() if k != "weights"}
+    full = models.build(name, tuple(input_shape), pruned.output_shape[-1], **options)
+    graph = analyse(full)
+    keep = {}
+    for gid, group in graph.groups.items():
+        size = group.size
+        if group.sources:
+            layer = pruned.get_layer(group.sources[0])
+            size = layer.units if isinstance(layer, layers.Dense) else layer.filters
+        keep[gid] = np.arange(size)
+    narrowed = apply_plan(full, FilterPruningPlan(graph, keep))
+    copy_weights(pruned, narrowed)
+    return narrowed

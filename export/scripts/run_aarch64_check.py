@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Runs tfseg-lite on an emulated aarch64 (Raspberry Pi 64-bit) Python and compares it with x86.
+
+Prepare once with ``bash export/scripts/setup_aarch64_check.sh`` (Debian arm64 userland plus the
+aarch64 wheels of each runtime). Then::
+
+    python export/scripts/run_aarch64_check.py MODEL.tflite IMAGE [--runtime litert tflite-runtime]
+
+For each runtime the same small program (this file, ``--inner``) segments IMAGE twice:
+
+- under ``qemu-aarch64-static -L ROOT ROOT/usr/bin/python3.11`` with the aarch64 wheels, and
+- natively with the host Python and the same runtime built for x86_64,
+
+and prints one summary line per run (machine, runtime, class map size and SHA-256, class counts)
+and MATCH or DIFFER per runtime (with the share of equal pixels and the largest difference of the
+raw int8 outputs). Exit status 0 only if every runtime matched exactly (or, with ``--max-lsb N``,
+its raw outputs differ by at most N quantization steps).
+
+The emulated CPU is a Raspberry Pi's (``--cpu cortex-a72``, the Pi 4; ``cortex-a76`` is the Pi 5),
+not qemu's default ``max``: with ``max`` qemu advertises extensions no Pi has (SVE, i8mm, ...),
+XNNPACK in ai-edge-litert picks kernels for them, and its int8 outputs come out wrong under
+qemu 7.2 (measured: 82 % of pixels agreeing with x86), which says nothing about a real Pi.
+
+Emulated timings are a functional check, never a speed figure (qemu is 10-100x slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXPORT_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = Path(os.environ.get("TFSEG_AARCH64_ROOT") or Path.home() / ".cache/tfseg-lite/aarch64-root")
+DEFAULT_CPU = os.environ.get("TFSEG_AARCH64_CPU", "cortex-a72")
+RUNTIMES = ("litert", "tflite-runtime")
+
+
+def inner(model: str, image: str, runtime: str, threads: int, save: str | None) -> int:
+    """Segments one image and prints one JSON line describing the result (runs on either machine)."""
+    sys.path.insert(0, str(EXPORT_DIR))
+    import numpy as np
+
+    from tfseg_lite import Segmenter
+
+    seg = Segmenter(model, num_threads=threads, runtime=runtime)
+    class_map = seg.predict(image)
+    if save:  # the raw output too: it shows how far apart two runs are when class maps differ
+        np.savez(save, class_map=class_map, output=seg.interpreter.get_tensor(seg._output["index"]))
+    counts = np.bincount(class_map.ravel().astype(np.int64), minlength=seg.metadata.num_classes)
+    print(
+        json.dumps(
+            {
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "runtime": seg.runtime.label,
+                "numpy": np.__version__,
+                "shape": list(class_map.shape),
+                "dtype": str(class_map.dtype),
+                "sha256": hashlib.sha256(np.ascontiguousarray(class_map).tobytes()).hexdigest(),
+                "counts": counts.tolist(),
+                "invoke_ms": round(seg.last_invoke_ms, 1),
+                "tensorflow_imported": "tensorflow" in sys.modules,
+            }
+        )
+    )
+    return 0
+
+
+def _run(command, env, timeout) -> dict:
+    """Runs an ``--inner`` command and returns its JSON line; raises RuntimeError with its output on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"command failed (exit {proc.returncode}): {' '.join(map(str, command))}\n"
+            f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
+    result = json.loads(lines[-1])
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _env(pythonpath) -> dict:
+    # A clean environment: nothing from the host Python (PYTHONHOME, a venv, user site) may leak in.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "TMPDIR") if key in os.environ}
+    env.update(LANG="C.UTF-8", PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
+    return env
+
+
+def emulated(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float, cpu: str = DEFAULT_CPU) -> dict:
+    """The ``--inner`` run on the emulated aarch64 Python with ``runtime``'s aarch64 wheels."""
+    qemu = shutil.which("qemu-aarch64-static")
+    python = root / "usr/bin/python3.11"
+    site = root / "opt/tfseg-lite" / runtime
+    if not qemu or not python.exists() or not (site / ".tfseg-done").exists():
+        raise RuntimeError(f"the aarch64 check is not set up ({root}): run bash {EXPORT_DIR}/scripts/setup_aarch64_check.sh")
+    command = [qemu, "-cpu", cpu, "-L", str(root), str(python), str(Path(__file__).resolve()), "--inner",
+               "--runtime", runtime, "--threads", str(threads), str(model), str(image)]
+    if save:
+        command += ["--save", str(save)]
+    return _run(command, _env([EXPORT_DIR, site]), timeout)
+
+
+def native(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float) -> dict:
+    """The same ``--inner`` run with the host Python (x86_64) and its build of ``runtime``."""
+    paths = [EXPORT_DIR]
+    host_site = root.parent / "x86_64-tflite-runtime"
+    if runtime == "tflite-runtime" and (host_site / ".tfseg-done").exists():
+        paths.append(host_site)  # put there by the setup script; the host venv has only ai-edge-litert
+    # The host's own site-packages (numpy, Pillow, ai-edge-litert) stay visible: only the user site is cut.
+    command = [sys.executable, str(Path(__file__).resolve()), "--inner", "--runtime", runtime,
+               "--threads", str(threads), str(model), str(image)]
+    if save:
+        command += ["--save", str(save)]
+    env = _env(paths)
+    env["PATH"] = os.environ.get("PATH", "")
+    return _run(command, env, timeout)
+
+
+def summary(label: str, result: dict) -> str:
+    return (
+        f"{label}: machine={result['machine']} python={result['python']} runtime={result['runtime']} "
+        f"numpy={result['numpy']} class_map={result['shape'][1]}x{result['shape'][0]} {result['dtype']} "
+        f"sha256={result['sha256'][:16]} counts={result['counts']} tensorflow_imported={result['tensorflow_imported']} "
+        f"wall={result['wall_s']}s"
+    )
+
+
+def compare(arm_file: Path, native_file: Path) -> dict:
+    """How far apart two saved runs are: equal-pixel share of the class maps, raw output max difference."""
+    import numpy as np
+
+    with np.load(arm_file) as a, np.load(native_file) as b:
+        maps_a, maps_b = a["class_map"], b["class_map"]
+        same_shape = maps_a.shape == maps_b.shape
+        agree = float((maps_a == maps_b).mean()) if same_shape else 0.0
+        out_a, out_b = a["output"].astype(np.float64), b["output"].astype(np.float64)
+        max_diff = float(np.abs(out_a - out_b).max()) if out_a.shape == out_b.shape else float("inf")
+    return {
+        "identical": same_shape and agree == 1.0,
+        "pixel_agreement": agree,
+        "pixels_differing": int(round((1.0 - agree) * maps_a.size)),
+        "pixels": int(maps_a.size),
+        "output_max_abs_diff": max_diff,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the arm64 userland (default $TFSEG_AARCH64_ROOT or ~/.cache/tfseg-lite/aarch64-root)")
+    parser.add_argument("--cpu", default=DEFAULT_CPU, help="emulated CPU: cortex-a72 (Pi 4, default), cortex-a76 (Pi 5)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--max-lsb", type=float, default=0.0,
+        help="accept raw outputs that differ by at most this many quantization steps (default 0: identical); "
+        "tflite-runtime 2.14's aarch64 and x86_64 builds round requantization ties differently (1-2 steps)",
+    )
+    parser.add_argument("--save-dir", type=Path, default=None, help="keep each run's class map and raw output as RUNTIME-MACHINE.npz here")
+    parser.add_argument("--no-native", action="store_true", help="only the emulated runs")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--json", action="store_true", help="print all results as one JSON object at the end")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+        return inner(str(args.model), str(args.image), args.runtime[0], args.threads, args.save)
+
+    model, image = args.model.resolve(), args.image.resolve()
+    host = platform.machine()
+    results, ok = {}, True
+    with tempfile.TemporaryDirectory(prefix="tfseg-aarch64-") as scratch:
+        save_dir = args.save_dir or Path(scratch)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for runtime in args.runtime:
+            arm_file, native_file = save_dir / f"{runtime}-aarch64.npz", save_dir / f"{runtime}-{host}.npz"
+            try:
+                arm = emulated(args.root, runtime, model, image, args.threads, arm_file, args.timeout, args.cpu)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                print(f"aarch64 {runtime}: FAILED\n{err}", file=sys.stderr)
+                ok = False
+                continue
+            print(summary(f"aarch64 ({args.cpu}) {runtime}", arm), flush=True)
+            results[runtime] = {"aarch64": arm}
+            ok &= arm["machine"] == "aarch64" and not arm["tensorflow_imported"]
+            if args.no_native:
+                continue
+            try:
+                x86 = native(args.root, runtime, model, image, args.threads, native_file, args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                print(f"{host} {runtime}: FAILED\n{err}", file=sys.stderr)
+                ok = False
+                continue
+            print(summary(f"{host} {runtime}", x86), flush=True)
+            verdict = compare(arm_file, native_file)
+            results[runtime].update(native=x86, compare=verdict)
+            within = verdict["output_max_abs_diff"] <= args.max_lsb
+            ok &= verdict["identical"] or within
+            word = "MATCH" if verdict["identical"] else f"WITHIN {args.max_lsb:g} LSB" if within else "DIFFER"
+            print(
+                f"{runtime}: {word} aarch64 vs {host}: class map "
+                f"{100 * verdict['pixel_agreement']:.2f}% equal ({verdict['pixels_differing']} of {verdict['pixels']} "
+                f"pixels differ), raw output max |diff| {verdict['output_max_abs_diff']:g}",
+                flush=True,
+            )
+    if args.json:
+        print(json.dumps(results))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""CamVid distillation ablation: a small student from scratch vs. with each distillation loss.
+
+Every variant trains the same student (default ``fastseg_tiny``: 0.21 GMACs at 360x480, 1/16 of
+the DeepLabV3-MobileNetV2 teacher's 3.41) with the same crops, epochs, schedule and seed, through
+the same Distiller loop (``scratch`` = no distillation loss, so the loop itself is not what
+differs). The epoch is selected on val mIoU at 360x480 label resolution; the table reports test
+mIoU at 360x480 for the selected epoch, the change against ``scratch`` and the share of the
+teacher's test mIoU. Finished variants are skipped, killed ones resume.
+
+    python recipes/train_camvid_teacher.py                  # first: the teacher (runs/camvid/teacher)
+    python recipes/distill_camvid.py                        # scratch + each loss alone
+    python recipes/distill_camvid.py --variants "pixel_kd+cwd,pixel_kd+pairwise_kd"   # combinations
+
+Variant names are losses of ``tfseg.distill.run.LOSSES`` joined by ``+``, or ``scratch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DEFAULT_VARIANTS = "scratch,pixel_kd,pairwise_kd,csc,ace,cwd"
+EVAL_SIZE = (360, 480)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, width = text.lower().split("x")
+    return int(height), int(width)
+
+
+def variant_losses(variant: str) -> list:
+    return [] if variant == "scratch" else variant.split("+")
+
+
+def test_miou(run_dir: Path, camvid_root=None) -> float:
+    """Test mIoU at 360x480 of a run's best model (scored once, cached in eval/test/scores.json)."""
+    from tfseg import data as seg_data
+    from tfseg.evaluate import evaluate
+    from tfseg.run import load_run
+
+    cached = run_dir / "eval" / "test" / "scores.json"
+    if cached.exists():
+        return float(json.loads(cached.read_text())["miou"])
+    model, _ = load_run(run_dir, input_size=EVAL_SIZE)
+    test = seg_data.load("camvid", "test", **({"root": camvid_root} if camvid_root else {}))
+    return float(evaluate(model, test, image_size=EVAL_SIZE, batch_size=4, out_dir=run_dir / "eval" / "test",
+                          verbose=0)["miou"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", default="runs/camvid/teacher")
+    parser.add_argument("--student", default="fastseg_tiny")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--out", default="runs/camvid/students")
+    parser.add_argument("--camvid", help="CamVid folder (default $TFSEG_CAMVID_DIR or ../shared/data/camvid)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--crop", type=parse_size, default=(288, 384))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from tfseg.distill.run import DistillConfig, distill_run
+    from tfseg.run import run_record
+
+    teacher_miou = test_miou(Path(args.teacher), args.camvid)
+    rows = []
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        out = Path(args.out) / variant
+        finished = (out / "run.json").exists() and "train_seconds" in run_record(out)
+        if not finished:
+            config = DistillConfig(
+                out_dir=str(out), model=args.student, dataset="camvid",
+                data_options={"root": args.camvid} if args.camvid else {},
+                crop_size=args.crop, eval_size=EVAL_SIZE, batch_size=args.batch_size, epochs=args.epochs,
+                loss="ce", class_weights=None,  # ACE has no class weights: keep every variant unweighted
+                optimizer="adam", learning_rate=args.learning_rate, schedule="poly",
+                augment={"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1}, seed=args.seed,
+                teacher_run=args.teacher, losses=variant_losses(variant),
+            )
+            start = time.time()
+            distill_run(config)
+            print(f"{variant}: {time.time() - start:.0f} s")
+        record = run_record(out)
+        log = (out / "log.csv").read_text().splitlines()
+        header = log[0].split(",")
+        val = max(float(line.split(",")[header.index("val_miou")]) for line in log[1:])
+        rows.append({"variant": variant, "val_miou": val, "test_miou": test_miou(out, args.camvid),
+                     "train_s": record.get("train_seconds")})
+
+    scratch = next((r["test_miou"] for r in rows if r["variant"] == "scratch"), None)
+    print(f"\nTeacher ({args.teacher}) test mIoU {100 * teacher_miou:.2f}; student {args.student}, "
+          f"{args.epochs} epochs, crops {args.crop[0]}x{args.crop[1]}, seed {args.seed}\n")
+    print("| variant | val mIoU | test mIoU | vs scratch | % of teacher | train time (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        delta = "" if scratch is None else f"{100 * (r['test_miou'] - scratch):+.2f}"
+        print(f"| {r['variant']} | {100 * r['val_miou']:.2f} | {100 * r['test_miou']:.2f} | {delta} | "
+              f"{100 * r['test_miou'] / teacher_miou:.1f} | {r['train_s']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Iterative filter pruning of a run: rounds to the target, figures per round, a loadable pruned run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfseg.cli import main
+from tfseg.prune.iterative import round_targets
+
+
+def test_round_targets():
+    assert round_targets(0.25, 0.75) == [0.25, 0.5, 0.75]
+    assert np.allclose(round_targets(0.2, 0.5), [0.2, 0.4, 0.5])
+    with pytest.raises(ValueError, match="step"):
+        round_targets(0.8, 0.5)
+
+
+def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, capsys):
+    from tfseg.run import load_run, train_run, TrainConfig
+
+    source = tmp_path / "run"
+    # DeepLabV3 has a fixed input size: scoring at the evaluation size needs rebuild_pruned.
+    train_run(TrainConfig(out_dir=str(source), model="deeplabv3_mobilenet_v2",
+                          model_options={"alpha": 0.35, "aspp_filters": 16},
+                          data_options={"num_images": 8, "image_size": (32, 32)},
+                          crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=1, augment=None), verbose=0)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(source), "--out", str(out), "--step", "0.25", "--target", "0.5",
+                 "--fine-tune-epochs", "1", "--distill"]) == 0
+    rows = json.loads((out / "rounds.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert rows[0]["removed"] == 0 and abs(rows[-1]["removed"] - 0.5) < 0.03
+    assert rows[-1]["params"] < 0.5 * rows[0]["params"] and rows[-1]["gmacs"] < rows[0]["gmacs"]
+    assert all(0 <= row["val_miou"] <= 1 and row["latency_ms_1t"] > 0 for row in rows)
+    assert (out / "pruning.png").stat().st_size > 0 and (out / "round_02.keras").exists()
+    assert "val_miou" in capsys.readouterr().out
+
+    pruned, info = load_run(out, input_size=(48, 64))
+    assert pruned.output_shape == (None, 48, 64, info.num_classes)
+    assert pruned.count_params() == rows[-1]["params"]
+    assert main(["evaluate", str(out), "--split", "test", "--overlays", "0"]) == 0
