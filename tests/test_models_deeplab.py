@@ -261,45 +261,10 @@ def test_tfmot_prunes_every_convolution_when_rescaling_is_skipped(deeplab18):
         assert [layer.name for layer in stripped.layers] == [layer.name for layer in model.layers], model.name
 
 
-def test_tfmot_quantizes_deeplabv3_with_a_config_for_rescaling(deeplab18):
-    qk = tfmot.quantization.keras
+def test_deeplabv3_becomes_quantization_aware(deeplab18):
+    from tfseg.quantize import quantize_aware
 
-    class OutputOnly(qk.QuantizeConfig):
-        """Quantize only the layer's output (what the int8 converter does with an input scaling)."""
-
-        def get_weights_and_quantizers(self, layer):
-            return []
-
-        def get_activations_and_quantizers(self, layer):
-            return []
-
-        def set_quantize_weights(self, layer, quantize_weights):
-            pass
-
-        def set_quantize_activations(self, layer, quantize_activations):
-            pass
-
-        def get_output_quantizers(self, layer):
-            quantizer = qk.quantizers.MovingAverageQuantizer(
-                num_bits=8, per_axis=False, symmetric=False, narrow_range=False
-            )
-            return [quantizer]
-
-        def get_config(self):
-            return {}
-
-    model = deeplab18
-
-    def annotate(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, keras.layers.InputLayer):
-            return copy
-        config = OutputOnly() if isinstance(layer, keras.layers.Rescaling) else None
-        return qk.quantize_annotate_layer(copy, config)
-
-    annotated = keras.models.clone_model(model, clone_function=annotate)
-    with qk.quantize_scope({"OutputOnly": OutputOnly}):
-        qat = qk.quantize_apply(annotated)
+    qat = quantize_aware(deeplab18)
     names = {layer.name for layer in qat.layers}
     # conv-BN pairs are folded into one quantized conv; the ASPP pooling and upsampling are wrapped
     assert {"quant_aspp_b1_conv", "quant_aspp_pool_gap", "quant_aspp_pool_up", "quant_logits"} <= names

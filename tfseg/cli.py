@@ -139,18 +139,27 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
-def _cmd_export(args) -> int:
-    from tfseg import data as seg_data
-    from tfseg import export
-    from tfseg.quantize.ptq import representative_images
-    from tfseg.quantize.qat import is_quantization_aware
+def _run_model(args):
+    """A run's model at its evaluation size (or --image-size), with its record and dataset choice.
+
+    Returns (model, info, record, size, dataset, data options).
+    """
     from tfseg.run import load_run, run_record
 
     record = run_record(args.run_dir)
     size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
     model, info = load_run(args.run_dir, args.which, input_size=size)
     options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
-    dataset = args.dataset or record["dataset"]
+    return model, info, record, size, args.dataset or record["dataset"], options
+
+
+def _cmd_export(args) -> int:
+    from tfseg import data as seg_data
+    from tfseg import export
+    from tfseg.quantize.ptq import representative_images
+    from tfseg.quantize.qat import is_quantization_aware
+
+    model, info, record, size, dataset, options = _run_model(args)
     common = dict(info=info, input_size=size, model_name=record["model"])
     if args.format == "saved_model":
         result = export.to_saved_model(model, args.out, **common)
@@ -178,13 +187,8 @@ def _cmd_export(args) -> int:
 def _cmd_evaluate(args) -> int:
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
-    from tfseg.run import load_run, run_record
 
-    record = run_record(args.run_dir)
-    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
-    model, _ = load_run(args.run_dir, args.which, input_size=size)
-    dataset = args.dataset or record["dataset"]
-    options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
+    model, _, _, size, dataset, options = _run_model(args)
     split = seg_data.load(dataset, args.split, **options)
     out = Path(args.out or Path(args.run_dir) / "eval" / args.split)
     scores = evaluate(model, split, image_size=size, batch_size=args.batch_size, out_dir=out,
