@@ -68,9 +68,13 @@ def main(argv=None):
     teacher_forward = tf.function(lambda x: teacher(x, training=False))
     t_teacher = timed_steps(lambda b: teacher_forward(b[0]).numpy(), batches, args.warmup)
 
+    def train_step(model):
+        # What fit() runs per batch (one device), without its data-iterator machinery.
+        step = tf.function(model.train_step)
+        return lambda batch: {key: value.numpy() for key, value in step(batch).items()}
+
     compile_for_segmentation(student, args.classes)
-    student_step = student.make_train_function()
-    t_student = timed_steps(lambda b: {k: v.numpy() for k, v in student_step(iter([b])).items()}, batches, args.warmup)
+    t_student = timed_steps(train_step(student), batches, args.warmup)
 
     results = {"teacher_forward_s": t_teacher, "student_train_step_s": t_student}
     for spec in args.losses.split(","):
@@ -78,8 +82,7 @@ def main(argv=None):
         distiller = Distiller(teacher, models.build(args.student, shape, args.classes),
                               [make_distillation_loss(name) for name in names])
         distiller.compile(keras.optimizers.Adam(1e-3))
-        distill_step = distiller.make_train_function()
-        t = timed_steps(lambda b: {k: v.numpy() for k, v in distill_step(iter([b])).items()}, batches, args.warmup)
+        t = timed_steps(train_step(distiller), batches, args.warmup)
         results[f"distill_step_s[{spec}]"] = t
         results[f"ratio[{spec}]"] = t / (t_teacher + t_student)
 
