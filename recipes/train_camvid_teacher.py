@@ -1,9 +1,12 @@
 """The CamVid teacher: DeepLabV3-MobileNetV2 (alpha 1.0, output stride 16) from ImageNet weights.
 
-Trains on CamVid train (367 images) with random 288x384 crops of moderately rescaled images,
-selects the epoch by val mIoU measured at 360x480 against the full-resolution labels, then scores
-the selected model on the test split (233 images) at 360x480 — the number to report. ``--init
-random`` trains the same network from random initialisation, to show what ImageNet brings.
+Trains on CamVid train (367 images) with random 288x384 crops of moderately rescaled images and
+cross entropy weighted by the square root of the median-frequency weights, selects the epoch by
+val mIoU measured at 360x480 against the full-resolution labels, takes back the rare-class bias the
+weights leave in the logits with a per-class offset fitted on val (``tfseg.calibrate``, folded into
+the classifier's bias), then scores the model on the test split (233 images) at 360x480 — the
+number to report. ``--init random`` trains the same network from random initialisation, to show
+what ImageNet brings.
 
 The run directory keeps ``best.keras`` (the teacher that distillation, pruning and quantization
 recipes reuse; default ``runs/camvid/teacher``), ``run.json`` (configuration and training time),
@@ -11,7 +14,7 @@ recipes reuse; default ``runs/camvid/teacher``), ``run.json`` (configuration and
 stopped when started again with the same arguments. Same seed, same data order and augmentations;
 float results can still differ in the last bits between machines and thread counts.
 
-    python recipes/train_camvid_teacher.py                              # ImageNet init (~1 h on 2 cores)
+    python recipes/train_camvid_teacher.py                              # ImageNet init (~1.5 h on 2 cores)
     python recipes/train_camvid_teacher.py --init random --out runs/camvid/teacher_random
     python recipes/train_camvid_teacher.py --evaluate-only              # re-score an existing run
 
@@ -61,7 +64,8 @@ def teacher_config(args):
         batch_size=args.batch_size,
         epochs=args.epochs,
         loss="ce",
-        class_weights="median",  # CamVid's small classes (pole, sign, bicyclist) carry mIoU
+        class_weights="median",  # CamVid's small classes (pole, sign, bicyclist) carry mIoU,
+        class_weight_power=0.5,  # but full weights over-predict them (56.4 % test vs. 59.2 % corrected)
         optimizer="adam",
         learning_rate=args.learning_rate,
         schedule="poly",
@@ -81,7 +85,7 @@ def main(argv=None):
     parser.add_argument("--weights", help="folder of the TF-Slim MobileNetV2 .npy arrays")
     parser.add_argument("--camvid", help="CamVid folder (default $TFSEG_CAMVID_DIR or ../shared/data/camvid)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"run directory (default {DEFAULT_OUT})")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--crop", type=parse_size, default=(288, 384), help="training crop HxW")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -91,10 +95,13 @@ def main(argv=None):
 
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
+    from tfseg.calibrate import calibrate_run
     from tfseg.run import load_run, run_record, train_run
 
     if not args.evaluate_only:
         train_run(teacher_config(args))
+    # Class-weighted training over-predicts rare classes; the offset that undoes it is fitted on val.
+    calibration = calibrate_run(args.out, split="val")
     model, _ = load_run(args.out, input_size=EVAL_SIZE)
     test = seg_data.load("camvid", "test", **({"root": args.camvid} if args.camvid else {}))
     start = time.time()
@@ -105,6 +112,9 @@ def main(argv=None):
         "init": "imagenet" if record["model_options"].get("weights") else "random",
         "epochs": record["epochs"],
         "train_seconds": record.get("train_seconds"),
+        "val_miou_as_trained": round(calibration["miou_before"], 4),
+        "logit_adjustment_strength": calibration["strength"],
+        "val_miou": round(calibration["miou_after"], 4),
         "test_miou": round(float(scores["miou"]), 4),
         "test_pixel_accuracy": round(float(scores["pixel_accuracy"]), 4),
         "test_seconds": round(time.time() - start, 1),

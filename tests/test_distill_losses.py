@@ -291,10 +291,22 @@ def test_ace_matches_reference(data):
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_cwd_matches_reference(data, temperature):
     t, s, labels, y = data
-    close(ChannelWiseKD(temperature=temperature)(t, s, labels), ref_cwd(t, s, y != IGNORE, temperature))
+    cwd = ChannelWiseKD(temperature=temperature, pool_size=1)
+    close(cwd(t, s, labels), ref_cwd(t, s, y != IGNORE, temperature))
     # Without labels, every position counts (the paper's form).
     all_valid = np.ones((B, H, W), bool)
-    close(ChannelWiseKD(temperature=temperature)(t, s, None), ref_cwd(t, s, all_valid, temperature))
+    close(cwd(t, s, None), ref_cwd(t, s, all_valid, temperature))
+
+
+def test_pooled_cwd_is_cwd_of_patch_means(data):
+    t, s, labels, y = data
+
+    def means(x):  # 8x12 -> 4x6 means of 2x2 patches
+        return x.reshape(B, H // 2, 2, W // 2, 2, -1).mean(axis=(2, 4))
+
+    # A pooled position is ignored when half of its pixels or more are.
+    valid = means((y != IGNORE).astype(float)[..., None])[..., 0] >= 0.5
+    close(ChannelWiseKD(pool_size=2)(t, s, labels), ref_cwd(means(t), means(s), valid, 4.0))
 
 
 @pytest.mark.parametrize("pool_size", [1, 2, 3])
@@ -357,7 +369,8 @@ def test_csc_automatic_pool_size(data):
 
 @pytest.mark.parametrize(
     "loss",
-    [PixelKD(alpha=1.0), PixelKD(temperature=1.0, alpha=1.0), PairwiseKD(), CSCLoss(pool_size=1), ChannelWiseKD()],
+    [PixelKD(alpha=1.0), PixelKD(temperature=1.0, alpha=1.0), PairwiseKD(), CSCLoss(pool_size=1),
+     ChannelWiseKD(pool_size=1)],
 )
 def test_zero_when_student_equals_teacher(data, loss):
     t, s, labels, _ = data
@@ -367,7 +380,7 @@ def test_zero_when_student_equals_teacher(data, loss):
 
 @pytest.mark.parametrize(
     "loss",
-    [PixelKD(), PairwiseKD(pool_size=1), CSCLoss(pool_size=1), AdaptiveCrossEntropy(), ChannelWiseKD()],
+    [PixelKD(), PairwiseKD(pool_size=1), CSCLoss(pool_size=1), AdaptiveCrossEntropy(), ChannelWiseKD(pool_size=1)],
     ids=lambda loss: loss.name,
 )
 def test_ignored_positions_do_not_change_the_value(data, loss):
@@ -510,7 +523,7 @@ def test_interface_attributes():
         CSCLoss(pool_size=None, max_positions=1000, student_endpoint="features"),
         CSCLoss(pool_size=3),
         AdaptiveCrossEntropy(weight=0.7, teacher_endpoint="logits", name="ace_aux"),
-        ChannelWiseKD(temperature=2.5, weight=3.0),
+        ChannelWiseKD(temperature=2.5, pool_size=4, weight=3.0),
     ],
     ids=lambda loss: loss.name,
 )

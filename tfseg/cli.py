@@ -71,7 +71,8 @@ def _training_options(args) -> dict:
     options = dict(
         out_dir=args.out, model=args.model, dataset=args.dataset, data_options=_data_options(args),
         crop_size=args.crop_size, eval_size=args.eval_size, batch_size=args.batch_size, epochs=args.epochs,
-        loss=args.loss, class_weights=args.class_weights, optimizer=args.optimizer,
+        loss=args.loss, class_weights=args.class_weights,
+        class_weight_power=args.class_weight_power, optimizer=args.optimizer,
         learning_rate=args.lr, schedule=args.schedule, augment=None if args.no_augment else {}, seed=args.seed,
     )
     if args.width or args.depth:
@@ -198,6 +199,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from tfseg.calibrate import calibrate_run
+
+    strengths = [float(v) for v in args.strengths.split(",")]
+    summary = calibrate_run(args.run_dir, split=args.split, strengths=strengths)
+    print(f"\nlogit adjustment strength {summary['strength']} chosen on {args.split}: mIoU "
+          f"{100 * summary['miou_before']:.2f} -> {100 * summary['miou_after']:.2f}; "
+          f"best.keras adjusted, original kept as best_uncalibrated.keras")
+    return 0
+
+
 def _cmd_check_data(args) -> int:
     from tfseg import data as seg_data
 
@@ -241,6 +253,8 @@ def _add_training_args(p, default_model="unet_small"):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--loss", default="ce", choices=("ce", "dice", "ce+dice"), help="ground-truth loss")
     p.add_argument("--class-weights", choices=("median",), help="median-frequency class weights")
+    p.add_argument("--class-weight-power", type=float, default=1.0,
+                   help="raise the class weights to this power (0.5 softens them; default 1)")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", default="poly", choices=("constant", "poly", "cosine"))
@@ -335,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlays", type=int, default=6)
     e.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
     e.set_defaults(func=_cmd_evaluate)
+
+    cb = sub.add_parser("calibrate", help="undo the rare-class bias of a class-weighted run (logit adjustment on val)")
+    cb.add_argument("run_dir")
+    cb.add_argument("--split", default="val", help="split that chooses the strength (default val; never test)")
+    cb.add_argument("--strengths", default="0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1",
+                    help="comma-separated strengths s of the offset -s*log(class weight) to try")
+    cb.set_defaults(func=_cmd_calibrate)
 
     c = sub.add_parser("check-data", help="decode every file of some splits and report the first bad one")
     _add_data_args(c, default_dataset="camvid")

@@ -27,13 +27,23 @@ def model_input_size(model, image_size=None) -> tuple[int, int]:
     return tuple(image_size)
 
 
-def _label_predictor(model):
+def label_size_logits(model):
+    """A function ``(images, label_hw) -> logits`` bilinearly resized to the labels' size."""
+
     @tf.function(reduce_retracing=True)
     def predict(images, label_hw):
-        logits = model(images, training=False)
         # Upsample logits, not labels, to the label size: argmax after bilinear is the standard protocol.
-        logits = tf.image.resize(logits, label_hw, method="bilinear")
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.image.resize(model(images, training=False), label_hw, method="bilinear")
+
+    return predict
+
+
+def _label_predictor(model):
+    logits = label_size_logits(model)
+
+    @tf.function(reduce_retracing=True)
+    def predict(images, label_hw):
+        return tf.argmax(logits(images, label_hw), axis=-1, output_type=tf.int32)
 
     return predict
 

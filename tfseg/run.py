@@ -43,6 +43,9 @@ class TrainConfig:
     epochs: int = 10
     loss: str = "ce"
     class_weights: str | None = None  # None or "median" (median-frequency from the train split)
+    # Weights are raised to this power: full median-frequency weights (1.0) make a network
+    # over-predict the rare classes (CamVid teacher: pedestrian recall 86 %, IoU 34 %); 0.5 softens them.
+    class_weight_power: float = 1.0
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     schedule: str = "poly"
@@ -79,7 +82,8 @@ def prepare_run(config: TrainConfig) -> RunData:
     info = train_split.info
     weights = None
     if config.class_weights == "median":
-        weights = median_frequency_weights(train_split.dataset(), info.num_classes, info.ignore_label).tolist()
+        weights = median_frequency_weights(train_split.dataset(), info.num_classes, info.ignore_label)
+        weights = (weights ** config.class_weight_power).tolist()
     elif config.class_weights is not None:
         raise ValueError(f"class_weights must be None or 'median', got {config.class_weights!r}")
     augment = seg_data.Augment(**config.augment) if config.augment is not None else None

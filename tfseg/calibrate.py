@@ -1,0 +1,161 @@
+"""Logit adjustment: take back the prior shift that class-weighted training leaves in a model.
+
+Cross entropy with class weights ``w`` is minimised by logits ``log p(c|x) + log w_c`` (up to a
+constant), so a model trained with median-frequency weights predicts the rare classes far too
+often: high recall, low IoU (the CamVid teacher trained with full weights had 86 % pedestrian
+recall but 34 % IoU). Adding ``-s * log w_c`` to the logits moves the decision back towards the
+unweighted posterior (``s = 1``) or part of the way; ``s`` is chosen on the validation split by
+mIoU (logit adjustment, Menon et al., "Long-tail learning via logit adjustment", ICLR 2021).
+
+The offset is folded into the bias of the classifier convolution, so the adjusted model has the
+same layers and cost as before and exports like any other model.
+
+    strength, bias, by_strength = fit_logit_adjustment(model, val_split, weights, image_size=(360, 480))
+    adjusted = fold_class_bias(model, bias)
+    calibrate_run("runs/camvid/teacher")      # the same for a run directory, keeping the original
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tfseg import data as seg_data
+from tfseg._keras import keras, tf
+from tfseg.checkpoint import atomic_write, save_model, write_json
+from tfseg.errors import ConfigError
+from tfseg.evaluate import evaluate, label_size_logits, model_input_size, write_report
+from tfseg.metrics import confusion_matrix, scores_from_confusion
+from tfseg.train import progress_verbosity
+
+DEFAULT_STRENGTHS = tuple(np.round(np.linspace(0.0, 1.0, 9), 3))
+UNCALIBRATED = "best_uncalibrated.keras"
+
+
+def prior_bias(class_weights, strength: float) -> np.ndarray:
+    """``-strength * log(w)`` per class; classes of weight 0 (absent from training) get 0."""
+    weights = np.asarray(class_weights, dtype=np.float64)
+    if weights.ndim != 1 or np.any(weights < 0) or not np.all(np.isfinite(weights)):
+        raise ValueError(f"class_weights must be a 1-D list of finite non-negative numbers, got {class_weights!r}")
+    safe = np.where(weights > 0, weights, 1.0)
+    return (-float(strength) * np.log(safe)).astype(np.float32)
+
+
+def fit_logit_adjustment(model, split, class_weights, *, image_size=None, strengths=DEFAULT_STRENGTHS,
+                         batch_size: int = 4, verbose="auto"):
+    """Chooses the strength ``s`` of ``-s * log(w)`` that maximises mIoU on ``split``.
+
+    One pass over the split at full label resolution; every strength is scored on the same logits.
+
+    Returns:
+      ``(best strength, its per-class bias as a list, {strength: mIoU})``; ties go to the smaller
+      strength, so an unweighted model keeps ``s = 0``.
+    """
+    info = split.info
+    if len(class_weights) != info.num_classes:
+        raise ValueError(f"{len(class_weights)} class weights for {info.num_classes} classes of {info.name!r}")
+    strengths = sorted(float(s) for s in strengths)
+    biases = {s: prior_bias(class_weights, s) for s in strengths}
+    confusions = {s: np.zeros((info.num_classes,) * 2, dtype=np.int64) for s in strengths}
+    logits_at = label_size_logits(model)
+    progress = keras.utils.Progbar(len(split), unit_name="image", verbose=progress_verbosity(verbose))
+    for images, masks in seg_data.eval_pipeline(split, model_input_size(model, image_size), batch_size):
+        logits = logits_at(images, tf.shape(masks)[1:3]).numpy()
+        masks = masks.numpy()
+        for s in strengths:
+            confusions[s] += confusion_matrix(masks, np.argmax(logits + biases[s], axis=-1), info.num_classes,
+                                              info.ignore_label)
+        progress.add(len(masks))
+    by_strength = {s: float(scores_from_confusion(confusions[s], info.class_names)["miou"]) for s in strengths}
+    best = max(strengths, key=lambda s: (by_strength[s], -s))
+    return best, biases[best].tolist(), by_strength
+
+
+def _classifier_candidates(model, num_classes: int, layer: str | None):
+    if layer is not None:
+        found = [l for l in model.layers if l.name == layer]
+        if not found:
+            raise ValueError(f"model {model.name!r} has no layer {layer!r}")
+        return found
+    # Prefer the layers called classifier, then any biased conv with one filter per class.
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and getattr(l, "use_bias", False)
+             and l.filters == num_classes]
+    return sorted(convs, key=lambda l: "classifier" not in l.name)
+
+
+def fold_class_bias(model, bias, layer: str | None = None, atol: float = 1e-3):
+    """A copy of ``model`` whose logits are shifted by ``bias`` (one value per class).
+
+    The bias is added to a classifier convolution's bias: ``layer`` if given, else the first conv
+    with one filter per class (``*classifier*`` first) for which the model's output moves by
+    exactly ``bias`` everywhere. That holds when only bias-preserving layers (bilinear resizing,
+    crops, sums with other branches) follow it, and is checked on a random input.
+
+    Raises:
+      ValueError: naming the layers tried when none shifts the output by ``bias``.
+    """
+    bias = np.asarray(bias, dtype=np.float32)
+    num_classes = int(model.output_shape[-1])
+    if bias.shape != (num_classes,):
+        raise ValueError(f"bias has shape {bias.shape}; model {model.name!r} has {num_classes} output classes")
+    adjusted = keras.models.clone_model(model)
+    adjusted.set_weights(model.get_weights())
+    height, width = (d or 64 for d in model.input_shape[1:3])
+    probe = tf.random.stateless_uniform((1, height, width, model.input_shape[-1]), seed=(7, 7), maxval=255.0)
+    expected = model(probe, training=False).numpy() + bias
+    tried = []
+    for candidate in _classifier_candidates(adjusted, num_classes, layer):
+        kernel, old_bias = candidate.get_weights()[:2]
+        candidate.set_weights([kernel, old_bias + bias, *candidate.get_weights()[2:]])
+        if np.allclose(adjusted(probe, training=False).numpy(), expected, atol=atol):
+            return adjusted
+        candidate.set_weights([kernel, old_bias, *candidate.get_weights()[2:]])
+        tried.append(candidate.name)
+    raise ValueError(
+        f"no layer of model {model.name!r} shifts its logits by a per-class bias (tried {tried or 'none'}): "
+        "the classifier is followed by a layer that does not preserve a constant offset (e.g. a learned "
+        "transposed convolution); pass layer= to name another one"
+    )
+
+
+def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verbose="auto") -> dict:
+    """Fits the logit adjustment of a class-weighted run on ``split`` and folds it into ``best.keras``.
+
+    The original is kept as ``best_uncalibrated.keras`` (and calibration always starts from it, so
+    running this twice gives the same model). ``run.json`` gets a ``logit_adjustment`` record and
+    ``eval/<split>/`` the adjusted model's report.
+
+    Raises:
+      ConfigError: the run was trained without class weights (there is no shift to take back).
+    """
+    from tfseg.run import RUN_FILE, load_run, run_record
+
+    out = Path(run_dir)
+    strengths = sorted({0.0, *(float(s) for s in strengths)})  # 0 = as trained, the reference
+    record = run_record(out)
+    weights = record.get("class_weight_values")
+    if not weights:
+        raise ConfigError(f"{out} was trained without class weights: its logits carry no prior shift to correct")
+    if not (out / UNCALIBRATED).exists():
+        atomic_write(out / UNCALIBRATED, lambda tmp: shutil.copyfile(out / "best.keras", tmp))
+    which = Path(UNCALIBRATED).stem
+    size = tuple(record.get("eval_size") or record["crop_size"])
+    at_eval_size, info = load_run(out, which=which, input_size=size)
+    data_split = seg_data.load(record["dataset"], split, **record.get("data_options", {}))
+    strength, bias, by_strength = fit_logit_adjustment(at_eval_size, data_split, weights, image_size=size,
+                                                       strengths=strengths, verbose=verbose)
+    original, _ = load_run(out, which=which)
+    save_model(fold_class_bias(original, bias), out / "best.keras")
+    adjusted, _ = load_run(out, input_size=size)
+    scores = evaluate(adjusted, data_split, image_size=size, verbose=0)
+    write_report(out / "eval" / split, scores, info)
+    summary = {"split": split, "strength": strength, "bias": bias,
+               "miou_by_strength": {str(s): round(m, 4) for s, m in by_strength.items()},
+               "miou_before": by_strength[0.0], "miou_after": float(scores["miou"])}
+    saved = json.loads((out / RUN_FILE).read_text())
+    saved["logit_adjustment"] = summary
+    write_json(out / RUN_FILE, saved)
+    return summary
