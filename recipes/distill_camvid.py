@@ -8,10 +8,12 @@ mIoU at 360x480 for the selected epoch, the change against ``scratch`` and the s
 teacher's test mIoU. Finished variants are skipped, killed ones resume.
 
     python recipes/train_camvid_teacher.py                  # first: the teacher (runs/camvid/teacher)
-    python recipes/distill_camvid.py                        # scratch + each loss alone
-    python recipes/distill_camvid.py --variants "pixel_kd+cwd,pixel_kd+pairwise_kd"   # combinations
+    python recipes/distill_camvid.py                        # scratch, each loss alone, best combination
+    python recipes/distill_camvid.py --variants "pixel_kd+cwd,pixel_kd+pairwise_kd"   # chosen combinations
 
-Variant names are losses of ``tfseg.distill.run.LOSSES`` joined by ``+``, or ``scratch``.
+Variant names are losses of ``tfseg.distill.run.LOSSES`` joined by ``+``, or ``scratch``. After
+the listed variants, ``--combine K`` (default 2) also trains the combination of the K single
+losses with the best **val** mIoU (test never chooses anything).
 """
 
 from __future__ import annotations
@@ -61,36 +63,59 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--combine", type=int, default=2,
+                        help="also train the K single losses with the best val mIoU together (0: no)")
     args = parser.parse_args(argv)
-
-    from tfseg.distill.run import DistillConfig, distill_run
-    from tfseg.run import run_record
 
     teacher_miou = test_miou(Path(args.teacher), args.camvid)
     rows = []
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        out = Path(args.out) / variant
-        finished = (out / "run.json").exists() and "train_seconds" in run_record(out)
-        if not finished:
-            config = DistillConfig(
-                out_dir=str(out), model=args.student, dataset="camvid",
-                data_options={"root": args.camvid} if args.camvid else {},
-                crop_size=args.crop, eval_size=EVAL_SIZE, batch_size=args.batch_size, epochs=args.epochs,
-                loss="ce", class_weights=None,  # ACE has no class weights: keep every variant unweighted
-                optimizer="adam", learning_rate=args.learning_rate, schedule="poly",
-                augment={"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1}, seed=args.seed,
-                teacher_run=args.teacher, losses=variant_losses(variant),
-            )
-            start = time.time()
-            distill_run(config)
-            print(f"{variant}: {time.time() - start:.0f} s")
-        record = run_record(out)
-        log = (out / "log.csv").read_text().splitlines()
-        header = log[0].split(",")
-        val = max(float(line.split(",")[header.index("val_miou")]) for line in log[1:])
-        rows.append({"variant": variant, "val_miou": val, "test_miou": test_miou(out, args.camvid),
-                     "train_s": record.get("train_seconds")})
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        rows.append(train_variant(variant, args))
+    combination = best_combination(rows, args.combine)
+    if combination and combination not in variants:
+        rows.append(train_variant(combination, args))
+    print_table(rows, teacher_miou, args)
 
+
+def best_combination(rows, k: int) -> str | None:
+    """The K single losses with the best val mIoU joined by '+' (None when fewer than 2 ran)."""
+    singles = [r for r in rows if r["variant"] != "scratch" and "+" not in r["variant"]]
+    if k < 2 or len(singles) < 2:
+        return None
+    chosen = sorted(singles, key=lambda r: r["val_miou"], reverse=True)[:k]
+    return "+".join(r["variant"] for r in chosen)
+
+
+def train_variant(variant: str, args) -> dict:
+    """Trains one variant (unless finished) and returns its val/test figures."""
+    from tfseg.distill.run import DistillConfig, distill_run
+    from tfseg.run import run_record
+
+    out = Path(args.out) / variant
+    finished = (out / "run.json").exists() and "train_seconds" in run_record(out)
+    if not finished:
+        config = DistillConfig(
+            out_dir=str(out), model=args.student, dataset="camvid",
+            data_options={"root": args.camvid} if args.camvid else {},
+            crop_size=args.crop, eval_size=EVAL_SIZE, batch_size=args.batch_size, epochs=args.epochs,
+            loss="ce", class_weights=None,  # ACE has no class weights: keep every variant unweighted
+            optimizer="adam", learning_rate=args.learning_rate, schedule="poly",
+            augment={"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1}, seed=args.seed,
+            teacher_run=args.teacher, losses=variant_losses(variant),
+        )
+        start = time.time()
+        distill_run(config)
+        print(f"{variant}: {time.time() - start:.0f} s")
+    record = run_record(out)
+    log = (out / "log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    val = max(float(line.split(",")[header.index("val_miou")]) for line in log[1:])
+    return {"variant": variant, "val_miou": val, "test_miou": test_miou(out, args.camvid),
+            "train_s": record.get("train_seconds")}
+
+
+def print_table(rows, teacher_miou: float, args) -> None:
     scratch = next((r["test_miou"] for r in rows if r["variant"] == "scratch"), None)
     print(f"\nTeacher ({args.teacher}) test mIoU {100 * teacher_miou:.2f}; student {args.student}, "
           f"{args.epochs} epochs, crops {args.crop[0]}x{args.crop[1]}, seed {args.seed}\n")
