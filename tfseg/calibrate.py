@@ -149,8 +149,7 @@ def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verb
                                                        strengths=strengths, verbose=verbose)
     original, _ = load_run(out, which=which)
     save_model(fold_class_bias(original, bias), out / "best.keras")
-    adjusted, _ = load_run(out, input_size=size)
-    scores = evaluate(adjusted, data_split, image_size=size, verbose=0)
+    scores = evaluate(fold_class_bias(at_eval_size, bias), data_split, image_size=size, verbose=0)
     write_report(out / "eval" / split, scores, info)
     summary = {"split": split, "strength": strength, "bias": bias,
                "miou_by_strength": {str(s): round(m, 4) for s, m in by_strength.items()},

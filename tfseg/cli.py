@@ -202,8 +202,8 @@ def _cmd_evaluate(args) -> int:
 def _cmd_calibrate(args) -> int:
     from tfseg.calibrate import calibrate_run
 
-    strengths = [float(v) for v in args.strengths.split(",")]
-    summary = calibrate_run(args.run_dir, split=args.split, strengths=strengths)
+    options = {"strengths": [float(v) for v in args.strengths.split(",")]} if args.strengths else {}
+    summary = calibrate_run(args.run_dir, split=args.split, **options)
     print(f"\nlogit adjustment strength {summary['strength']} chosen on {args.split}: mIoU "
           f"{100 * summary['miou_before']:.2f} -> {100 * summary['miou_after']:.2f}; "
           f"best.keras adjusted, original kept as best_uncalibrated.keras")
@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     cb = sub.add_parser("calibrate", help="undo the rare-class bias of a class-weighted run (logit adjustment on val)")
     cb.add_argument("run_dir")
     cb.add_argument("--split", default="val", help="split that chooses the strength (default val; never test)")
-    cb.add_argument("--strengths", default="0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1",
-                    help="comma-separated strengths s of the offset -s*log(class weight) to try")
+    cb.add_argument("--strengths", help="comma-separated strengths s of the offset -s*log(class weight) to try "
+                                        "(default 0, 0.125, ..., 1)")
     cb.set_defaults(func=_cmd_calibrate)
 
     c = sub.add_parser("check-data", help="decode every file of some splits and report the first bad one")
