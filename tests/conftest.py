@@ -68,3 +68,17 @@ def folder_split(make_folder):
 
     image_dir, mask_dir, examples = make_folder(n=4)
     return data.folder(image_dir, mask_dir, num_classes=3), examples
+
+
+def tiny_scenes_options(num_images: int) -> list[str]:
+    """CLI data options for a tiny built-in scenes split of 32x32 images."""
+    return ["--data-option", f"num_images={num_images}", "--data-option", "image_size=32x32"]
+
+
+def train_tiny_run(run_dir: Path, num_images: int) -> Path:
+    """Trains unet_small for one epoch on tiny scenes through the CLI; returns the run directory."""
+    from tfseg.cli import main
+
+    assert main(["train", "--model", "unet_small", "--crop-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--no-augment", "--out", str(run_dir), *tiny_scenes_options(num_images)]) == 0
+    return run_dir

@@ -197,7 +197,7 @@ def data():
     return t, s, labels, y
 
 
-def close(actual, expected, rtol=1e-5, atol=1e-6):
+def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
@@ -232,7 +232,7 @@ def test_pixel_kd_matches_reference(data, temperature, alpha):
     t, s, labels, y = data
     loss = PixelKD(temperature=temperature, alpha=alpha)(t, s, labels)
     assert loss.shape == (B,) and loss.dtype == tf.float32
-    close(loss, ref_pixel_kd(t, s, y, temperature, alpha))
+    assert_close(loss, ref_pixel_kd(t, s, y, temperature, alpha))
 
 
 def test_pixel_kd_t_squared_scaling(data):
@@ -240,7 +240,7 @@ def test_pixel_kd_t_squared_scaling(data):
     values = {}
     for temperature in (1.0, 4.0):
         values[temperature] = PixelKD(temperature=temperature, alpha=1.0)(t, s, labels).numpy()
-        close(values[temperature], ref_pixel_kd(t, s, y, temperature, 1.0))
+        assert_close(values[temperature], ref_pixel_kd(t, s, y, temperature, 1.0))
     # Without the T^2 factor the soft term would shrink ~T^2-fold; with it, both are O(1).
     kl_only_t4 = values[4.0] / 16.0
     assert np.all(values[4.0] > 4 * kl_only_t4)
@@ -251,7 +251,7 @@ def test_pixel_kd_class_weights(data):
     t, s, labels, y = data
     weights = [0.5, 1.0, 2.0, 0.0, 3.0]
     loss = PixelKD(temperature=2.0, alpha=0.3, class_weights=weights)(t, s, labels)
-    close(loss, ref_pixel_kd(t, s, y, 2.0, 0.3, weights))
+    assert_close(loss, ref_pixel_kd(t, s, y, 2.0, 0.3, weights))
     with pytest.raises(ConfigError, match="3 class_weights"):
         PixelKD(class_weights=[1.0, 1.0, 1.0])(t, s, labels)
 
@@ -259,7 +259,7 @@ def test_pixel_kd_class_weights(data):
 def test_pixel_kd_alpha_zero_is_the_house_cross_entropy(data):
     t, s, labels, y = data
     house = SegmentationCrossEntropy(reduction=keras.losses.Reduction.NONE)(y, s)
-    close(PixelKD(alpha=0.0)(t, s, labels), house.numpy())
+    assert_close(PixelKD(alpha=0.0)(t, s, labels), house.numpy())
 
 
 def test_classification_logits(data):
@@ -270,11 +270,11 @@ def test_classification_logits(data):
     for temperature, alpha in [(4.0, 0.5), (1.0, 0.9)]:
         loss = PixelKD(temperature=temperature, alpha=alpha)(t, s, y)
         assert loss.shape == (6,)
-        close(loss, ref_pixel_kd(t, s, y, temperature, alpha))
+        assert_close(loss, ref_pixel_kd(t, s, y, temperature, alpha))
     weights = [1.0, 2.0, 0.5, 1.5, 1.0]
-    close(PixelKD(alpha=0.4, class_weights=weights)(t, s, y), ref_pixel_kd(t, s, y, 4.0, 0.4, weights))
-    close(AdaptiveCrossEntropy()(t, s, y), ref_ace(t, s, y))
-    close(AdaptiveCrossEntropy()(t, s, y[:, None]), ref_ace(t, s, y))  # (N, 1) labels
+    assert_close(PixelKD(alpha=0.4, class_weights=weights)(t, s, y), ref_pixel_kd(t, s, y, 4.0, 0.4, weights))
+    assert_close(AdaptiveCrossEntropy()(t, s, y), ref_ace(t, s, y))
+    assert_close(AdaptiveCrossEntropy()(t, s, y[:, None]), ref_ace(t, s, y))  # (N, 1) labels
     assert PixelKD()(t, s, y).numpy()[2] == 0.0
     for loss in (PairwiseKD(), CSCLoss(), ChannelWiseKD()):
         with pytest.raises(ConfigError, match=r"\(B, H, W, C\)"):
@@ -285,17 +285,17 @@ def test_ace_matches_reference(data):
     t, s, labels, y = data
     loss = AdaptiveCrossEntropy()(t, s, labels)
     assert loss.shape == (B,)
-    close(loss, ref_ace(t, s, y))
+    assert_close(loss, ref_ace(t, s, y))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_cwd_matches_reference(data, temperature):
     t, s, labels, y = data
     cwd = ChannelWiseKD(temperature=temperature, pool_size=1)
-    close(cwd(t, s, labels), ref_cwd(t, s, y != IGNORE, temperature))
+    assert_close(cwd(t, s, labels), ref_cwd(t, s, y != IGNORE, temperature))
     # Without labels, every position counts (the paper's form).
     all_valid = np.ones((B, H, W), bool)
-    close(cwd(t, s, None), ref_cwd(t, s, all_valid, temperature))
+    assert_close(cwd(t, s, None), ref_cwd(t, s, all_valid, temperature))
 
 
 def test_pooled_cwd_is_cwd_of_patch_means(data):
@@ -306,7 +306,7 @@ def test_pooled_cwd_is_cwd_of_patch_means(data):
 
     # A pooled position is ignored when half of its pixels or more are.
     valid = means((y != IGNORE).astype(float)[..., None])[..., 0] >= 0.5
-    close(ChannelWiseKD(pool_size=2)(t, s, labels), ref_cwd(means(t), means(s), valid, 4.0))
+    assert_close(ChannelWiseKD(pool_size=2)(t, s, labels), ref_cwd(means(t), means(s), valid, 4.0))
 
 
 @pytest.mark.parametrize("pool_size", [1, 2, 3])
@@ -315,8 +315,8 @@ def test_pairwise_matches_reference(data, pool_size):
     s_wide = np.random.default_rng(1).normal(size=(B, H, W, 7)).astype(np.float32)  # other width
     for student in (s, s_wide):
         loss = PairwiseKD(pool_size=pool_size)(t, student, labels)
-        close(loss, ref_pairwise(t, student, y != IGNORE, pool_size), rtol=1e-4, atol=1e-6)
-    close(
+        assert_close(loss, ref_pairwise(t, student, y != IGNORE, pool_size), rtol=1e-4, atol=1e-6)
+    assert_close(
         PairwiseKD(pool_size=pool_size)(t, s, None),
         ref_pairwise(t, s, np.ones((B, H, W), bool), pool_size),
         rtol=1e-4,
@@ -332,22 +332,22 @@ def test_pairwise_max_pool_mode(data):
     y = np_nearest(labels, H, W)
     valid = np.stack([np_pool_valid(y[b] != IGNORE, 2) for b in range(B)])
     expected = ref_pairwise(t_max, s_max, valid, 1)
-    close(PairwiseKD(pool_size=2, pool_mode="max")(t, s, labels), expected, rtol=1e-4)
+    assert_close(PairwiseKD(pool_size=2, pool_mode="max")(t, s, labels), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("pool_size", [1, 3])
 def test_csc_matches_circular_shift_reference(data, pool_size):
     t, s, labels, y = data
     loss = CSCLoss(pool_size=pool_size)(t, s, labels)
-    close(loss, ref_csc(t, s, y != IGNORE, pool_size), rtol=1e-4, atol=1e-7)
-    close(CSCLoss(pool_size=pool_size)(t, s, None), ref_csc(t, s, np.ones((B, H, W), bool), pool_size), rtol=1e-4)
+    assert_close(loss, ref_csc(t, s, y != IGNORE, pool_size), rtol=1e-4, atol=1e-7)
+    assert_close(CSCLoss(pool_size=pool_size)(t, s, None), ref_csc(t, s, np.ones((B, H, W), bool), pool_size), rtol=1e-4)
 
 
 def test_csc_automatic_pool_size(data):
     t, s, labels, _ = data
     auto = CSCLoss(max_positions=30)  # 8x12 = 96 positions -> k=2 gives 4x6 = 24
     assert auto.patch_size_for(tf.constant(t)) == 2
-    close(auto(t, s, labels), CSCLoss(pool_size=2)(t, s, labels).numpy())
+    assert_close(auto(t, s, labels), CSCLoss(pool_size=2)(t, s, labels).numpy())
     assert CSCLoss().patch_size_for(tf.zeros((1, 288, 384, 11))) == 8  # CamVid crop logits -> 36x48
     assert CSCLoss().patch_size_for(tf.zeros((1, 36, 48, 64))) == 1  # stride-8 features
     # Sizes unknown while tracing: k is chosen in the graph, with the same result.
@@ -359,7 +359,7 @@ def test_csc_automatic_pool_size(data):
 
     value, k = run(tf.constant(t), tf.constant(s), tf.constant(labels))
     assert int(k) == 2
-    close(value, auto(t, s, labels).numpy())
+    assert_close(value, auto(t, s, labels).numpy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_csc_automatic_pool_size(data):
 )
 def test_zero_when_student_equals_teacher(data, loss):
     t, s, labels, _ = data
-    close(loss(t, t.copy(), labels), np.zeros(B), atol=1e-6)
+    assert_close(loss(t, t.copy(), labels), np.zeros(B), atol=1e-6)
     assert np.all(loss(t, s, labels).numpy() > 1e-3)
 
 
@@ -392,7 +392,7 @@ def test_ignored_positions_do_not_change_the_value(data, loss):
     before = loss(t, s, labels).numpy()
     after = loss(t2, s2, labels).numpy()
     assert not np.allclose(t2, t)
-    close(after, before, rtol=1e-5, atol=1e-6)
+    assert_close(after, before, rtol=1e-5, atol=1e-6)
     # A change at a valid position does change it.
     s3 = s.copy()
     i, j = np.argwhere(y[0] != IGNORE)[0]
@@ -442,12 +442,12 @@ def test_ace_does_not_follow_a_wrong_teacher(data):
         order = [c for c in np.argsort(-t[b, i, j]) if c != y[b, i, j]]
         t2[b, i, j, order[-1]] = t[b, i, j].max() + 10.0  # a different wrong class, very confident
     assert np.all(np.argmax(t2, axis=-1)[wrong] != y[wrong])
-    close(ace(t2, s, labels), before)
+    assert_close(ace(t2, s, labels), before)
     # A wrong teacher everywhere: ACE is the plain cross-entropy with the labels.
     t_wrong = (20.0 * np.eye(C)[(np.where(valid, y, 0) + 1) % C]).astype(np.float32)  # next class
     assert np.all(np.argmax(t_wrong, axis=-1)[valid] != y[valid])
     house = SegmentationCrossEntropy(reduction=keras.losses.Reduction.NONE)(y, s).numpy()
-    close(ace(t_wrong, s, labels), house)
+    assert_close(ace(t_wrong, s, labels), house)
     # A right teacher: the target is its probability map (changing its confidence changes ACE).
     t_right = t.copy()
     t_right[right] *= 3.0
@@ -460,7 +460,7 @@ def test_labels_required_where_needed(data):
         AdaptiveCrossEntropy()(t, s, None)
     with pytest.raises(ConfigError, match="labels are required"):
         PixelKD(alpha=0.5)(t, s, None)
-    close(PixelKD(alpha=1.0)(t, s, None), ref_pixel_kd(t, s, np.zeros((B, H, W), int), 4.0, 1.0))
+    assert_close(PixelKD(alpha=1.0)(t, s, None), ref_pixel_kd(t, s, np.zeros((B, H, W), int), 4.0, 1.0))
 
 
 def test_bad_labels_and_shapes(data):
@@ -487,7 +487,7 @@ def test_graph_mode_with_unknown_sizes(data):
         return [loss(t, s, labels) for loss in losses]
 
     for loss, value in zip(losses, run(tf.constant(t), tf.constant(s), tf.constant(labels))):
-        close(value, loss(t, s, labels).numpy(), rtol=1e-5, atol=1e-6)
+        assert_close(value, loss(t, s, labels).numpy(), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +537,7 @@ def test_config_round_trip(data, loss):
     restored = keras.utils.deserialize_keras_object(serialized)
     assert type(restored) is type(loss) and restored.get_config() == config
     t, s, labels, _ = data
-    close(restored(t, s, labels), loss(t, s, labels).numpy())
+    assert_close(restored(t, s, labels), loss(t, s, labels).numpy())
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])

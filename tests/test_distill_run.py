@@ -4,18 +4,16 @@ import json
 
 import pytest
 
+from conftest import tiny_scenes_options, train_tiny_run
 from tfseg.cli import main
 from tfseg.errors import ConfigError
 
-TINY = ["--data-option", "num_images=8", "--data-option", "image_size=32x32"]
+TINY = tiny_scenes_options(8)
 
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    assert main(["train", "--model", "unet_small", "--crop-size", "32", "--epochs", "1", "--batch-size", "8",
-                 "--no-augment", "--out", str(run), *TINY]) == 0
-    return run
+    return train_tiny_run(tmp_path_factory.mktemp("teacher") / "run", 8)
 
 
 def test_distill_run_records_teacher_and_losses(teacher_run, tmp_path):

@@ -6,18 +6,16 @@ import json
 
 import pytest
 
+from conftest import tiny_scenes_options, train_tiny_run
 from tfseg.cli import main
 from tfseg.tflite import read_metadata
 
-TINY = ["--data-option", "num_images=16", "--data-option", "image_size=32x32"]
+TINY = tiny_scenes_options(16)
 
 
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "float"
-    assert main(["train", "--model", "unet_small", "--crop-size", "32", "--epochs", "1", "--batch-size", "8",
-                 "--no-augment", "--out", str(run), *TINY]) == 0
-    return run
+    return train_tiny_run(tmp_path_factory.mktemp("runs") / "float", 16)
 
 
 def test_quantize_then_export_int8_and_saved_model(float_run, tmp_path, capsys):
