@@ -25,6 +25,7 @@ EVAL_SIZE = (360, 480)
 
 def magnitude_experiment(run_dir: str, sparsity: float, epochs: int, learning_rate: float):
     from tfseg import data as seg_data
+    from tfseg.calibrate import folded_logit_offset
     from tfseg.evaluate import evaluate
     from tfseg.models import rebuild
     from tfseg.prune.magnitude import compressed_sizes, prune_magnitude, pruning_callbacks, strip
@@ -41,7 +42,8 @@ def magnitude_experiment(run_dir: str, sparsity: float, epochs: int, learning_ra
     steps = -(-len(train) // record["batch_size"]) * epochs
     pruned = prune_magnitude(model, sparsity, end_step=steps - 1, skip=("classifier",))
     compile_for_segmentation(pruned, info.num_classes, class_weights=record.get("class_weight_values"),
-                             optimizer=make_optimizer("adam", learning_rate, "constant"))
+                             optimizer=make_optimizer("adam", learning_rate, "constant"),
+                             logit_offset=folded_logit_offset(record))
     pruned.fit(data, epochs=epochs, callbacks=pruning_callbacks(), verbose=2)
     sparse = strip(pruned)
 

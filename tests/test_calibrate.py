@@ -7,7 +7,7 @@ import pytest
 
 from tfseg import data, models
 from tfseg._keras import keras
-from tfseg.calibrate import calibrate_run, fit_logit_adjustment, fold_class_bias, prior_bias
+from tfseg.calibrate import calibrate_run, fit_logit_adjustment, fold_class_bias, folded_logit_offset, prior_bias
 from tfseg.errors import ConfigError
 from tfseg.evaluate import evaluate
 
@@ -78,6 +78,16 @@ def test_calibrate_run_keeps_the_original_and_is_repeatable(tmp_path):
     assert main(["calibrate", str(out), "--strengths", "0.5,1"]) == 0  # 0 is always tried
     second = json.loads((out / "run.json").read_text())["logit_adjustment"]
     assert second["bias"] == first["bias"] and second["strength"] == first["strength"]
+
+    assert folded_logit_offset(second) is None and folded_logit_offset(record) is None
+    assert folded_logit_offset({"logit_adjustment": second}) == second["bias"]
+    # A run derived from the calibrated one (pruned, QAT) carries the offset and cannot fold another.
+    derived = tmp_path / "derived"
+    derived.mkdir()
+    (derived / "run.json").write_text((out / "run.json").read_text())
+    (derived / "best.keras").write_bytes((out / "best.keras").read_bytes())
+    with pytest.raises(ConfigError, match="inherits the logit adjustment"):
+        calibrate_run(derived, verbose=0)
 
     unweighted = tmp_path / "plain"
     unweighted.mkdir()

@@ -16,6 +16,7 @@ from tfseg.errors import ConfigError, DataError
 from tfseg.losses import (
     CEDiceLoss,
     DiceLoss,
+    LogitOffsetLoss,
     SegmentationCrossEntropy,
     class_pixel_counts,
     median_frequency_weights,
@@ -231,8 +232,9 @@ def test_ce_dice_is_weighted_sum_of_references():
         SegmentationCrossEntropy(5, ignore_label=0, class_weights=[1, 2, 3, 4, 5], label_smoothing=0.1, name="ce"),
         DiceLoss(5, ignore_label=4, smooth=0.5, from_logits=False, reduction=NONE),
         CEDiceLoss(5, class_weights=[1, 1, 2, 2, 3], ce_weight=0.3, dice_weight=2.0, smooth=0.1),
+        LogitOffsetLoss(SegmentationCrossEntropy(5, class_weights=[1, 2, 3, 4, 5]), [0.5, -1.0, 0.0, 0.25, 2.0]),
     ],
-    ids=["ce", "dice", "ce_dice"],
+    ids=["ce", "dice", "ce_dice", "logit_offset"],
 )
 def test_config_round_trip(loss):
     config = loss.get_config()
@@ -246,6 +248,21 @@ def test_config_round_trip(loss):
     if not loss.get_config().get("from_logits", True):
         logits = tf.nn.softmax(logits).numpy()
     np.testing.assert_allclose(clone(masks, logits).numpy(), loss(masks, logits).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("inner", [SegmentationCrossEntropy(5, class_weights=[1, 2, 3, 4, 5]), CEDiceLoss(5)],
+                         ids=["ce", "ce_dice"])
+def test_logit_offset_loss_scores_the_logits_minus_the_offset(inner):
+    logits, masks = random_batch((2, 4, 4, 5), seed=12)
+    offset = np.array([0.5, -1.0, 0.0, 0.25, 2.0], dtype="float32")
+    wrapped = LogitOffsetLoss(inner, offset, reduction=NONE)
+    # A model that carries the folded offset scores exactly as the unadjusted one did under the inner loss.
+    np.testing.assert_allclose(wrapped(masks, logits + offset).numpy(), inner.call(masks, logits).numpy(), rtol=1e-5)
+    assert not np.allclose(wrapped(masks, logits).numpy(), inner.call(masks, logits).numpy(), rtol=1e-3)
+    with pytest.raises(ConfigError, match=r"5 channels.*num_classes is 4"):
+        LogitOffsetLoss(inner, offset[:4])(masks, logits)
+    with pytest.raises(ConfigError, match="finite"):
+        LogitOffsetLoss(inner, [0.0, np.nan, 0.0, 0.0, 0.0])
 
 
 def test_ignore_label_inside_class_range():

@@ -121,6 +121,17 @@ def fold_class_bias(model, bias, layer: str | None = None, atol: float = 1e-3):
     )
 
 
+def folded_logit_offset(record: dict) -> list | None:
+    """The logit adjustment a run's model carries in its classifier bias (``None`` if none).
+
+    Runs derived from a calibrated run (pruned, quantization-aware) copy its record and weights,
+    so they carry the same offset; their fine-tuning loss must subtract it
+    (``tfseg.train.make_loss(..., logit_offset=...)``).
+    """
+    adjustment = record.get("logit_adjustment") or {}
+    return adjustment.get("bias")
+
+
 def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verbose="auto") -> dict:
     """Fits the logit adjustment of a class-weighted run on ``split`` and folds it into ``best.keras``.
 
@@ -140,6 +151,9 @@ def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verb
     if not weights:
         raise ConfigError(f"{out} was trained without class weights: its logits carry no prior shift to correct")
     if not (out / UNCALIBRATED).exists():
+        if folded_logit_offset(record) is not None:
+            raise ConfigError(f"{out} inherits the logit adjustment of the run it was made from (its classifier "
+                              "already carries it, and there is no unadjusted model to start again from)")
         atomic_write(out / UNCALIBRATED, lambda tmp: shutil.copyfile(out / "best.keras", tmp))
     which = Path(UNCALIBRATED).stem
     size = tuple(record.get("eval_size") or record["crop_size"])

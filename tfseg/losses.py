@@ -30,6 +30,7 @@ __all__ = [
     "SegmentationCrossEntropy",
     "DiceLoss",
     "CEDiceLoss",
+    "LogitOffsetLoss",
     "PixelCounts",
     "class_pixel_counts",
     "median_frequency_weights",
@@ -398,6 +399,47 @@ class CEDiceLoss(keras.losses.Loss):
             smooth=self.dice.smooth,
             from_logits=self.dice.from_logits,
         )
+        return config
+
+
+@keras.utils.register_keras_serializable(package="tfseg")
+class LogitOffsetLoss(keras.losses.Loss):
+    """Scores ``logits - logit_offset`` with another segmentation loss.
+
+    For fine-tuning a model whose classifier bias carries a folded logit adjustment
+    (:func:`tfseg.calibrate.calibrate_run`): the loss it was trained with has its optimum at the
+    unadjusted logits, so fine-tuning with that loss alone slowly trains the adjustment away.
+    Scoring the logits minus the folded offset keeps the fine-tuned model adjusted.
+
+    Args:
+      loss: the wrapped ``keras.losses.Loss`` (e.g. :class:`SegmentationCrossEntropy`); only its
+        per-sample ``call`` is used, the reduction happens here.
+      logit_offset: C numbers, the bias folded into the classifier.
+      reduction, name: as for any Keras loss (default name: the wrapped loss's).
+
+    Raises:
+      ConfigError: a non-finite offset, or logits whose channel count differs from it.
+    """
+
+    def __init__(self, loss, logit_offset: Sequence[float], reduction=keras.losses.Reduction.AUTO, name=None):
+        if isinstance(loss, dict):  # from get_config
+            loss = keras.losses.deserialize(loss)
+        if not isinstance(loss, keras.losses.Loss):
+            raise ConfigError(f"LogitOffsetLoss wraps a keras.losses.Loss, got {type(loss).__name__}")
+        super().__init__(reduction=reduction, name=name or loss.name)
+        offset = [float(v) for v in np.asarray(logit_offset, dtype=np.float64).reshape(-1)]
+        if not offset or not np.all(np.isfinite(offset)):
+            raise ConfigError(f"LogitOffsetLoss: logit_offset must be finite numbers, got {logit_offset!r}")
+        self.loss, self.logit_offset = loss, offset
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+        _check_channels(y_pred, len(self.logit_offset), type(self).__name__)
+        return self.loss.call(y_true, y_pred - tf.constant(self.logit_offset, tf.float32))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(loss=keras.losses.serialize(self.loss), logit_offset=self.logit_offset)
         return config
 
 

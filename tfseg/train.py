@@ -32,17 +32,25 @@ def progress_verbosity(verbose="auto"):
     return verbose
 
 
-def make_loss(name: str, num_classes: int, class_weights: Sequence[float] | None = None):
-    """Builds a segmentation loss by name: ``"ce"``, ``"dice"`` or ``"ce+dice"``."""
+def make_loss(name: str, num_classes: int, class_weights: Sequence[float] | None = None,
+              logit_offset: Sequence[float] | None = None):
+    """Builds a segmentation loss by name: ``"ce"``, ``"dice"`` or ``"ce+dice"``.
+
+    ``logit_offset``: the logit adjustment folded into a calibrated model's classifier
+    (``tfseg.calibrate.folded_logit_offset``); the loss then scores the logits minus it, so that
+    fine-tuning keeps the adjustment.
+    """
     if name == "ce":
-        return seg_losses.SegmentationCrossEntropy(num_classes=num_classes, class_weights=class_weights)
-    if name == "dice":
+        loss = seg_losses.SegmentationCrossEntropy(num_classes=num_classes, class_weights=class_weights)
+    elif name == "dice":
         if class_weights is not None:
             raise ConfigError("class weights apply to cross entropy; the Dice loss takes none")
-        return seg_losses.DiceLoss(num_classes=num_classes)
-    if name == "ce+dice":
-        return seg_losses.CEDiceLoss(num_classes=num_classes, class_weights=class_weights)
-    raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+        loss = seg_losses.DiceLoss(num_classes=num_classes)
+    elif name == "ce+dice":
+        loss = seg_losses.CEDiceLoss(num_classes=num_classes, class_weights=class_weights)
+    else:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    return loss if logit_offset is None else seg_losses.LogitOffsetLoss(loss, logit_offset)
 
 
 def make_schedule(learning_rate: float, schedule: str = "poly", total_steps: int | None = None):
@@ -101,12 +109,13 @@ def compile_for_segmentation(
     loss: str = "ce",
     class_weights: Sequence[float] | None = None,
     optimizer=None,
+    logit_offset: Sequence[float] | None = None,
 ):
     """Checks the class count, then compiles with a segmentation loss and mIoU/pixel-accuracy metrics."""
     check_output_classes(model, num_classes)
     model.compile(
         optimizer=optimizer or make_optimizer(schedule="constant"),
-        loss=make_loss(loss, num_classes, class_weights),
+        loss=make_loss(loss, num_classes, class_weights, logit_offset),
         metrics=segmentation_metrics(num_classes),
     )
     return model

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tfseg import data as seg_data
+from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import save_model, write_json
 from tfseg.evaluate import evaluate
 from tfseg.prune.filters import rebuild_pruned
@@ -80,7 +81,8 @@ def prune_run(
         return row
 
     def compile_model(trainable):
-        loss = make_loss(record["loss"], info.num_classes, record.get("class_weight_values"))
+        loss = make_loss(record["loss"], info.num_classes, record.get("class_weight_values"),
+                         folded_logit_offset(record))
         optimizer = make_optimizer("adam", learning_rate, "constant")
         trainable.compile(optimizer=optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
 

@@ -99,6 +99,7 @@ def qat_run(config: QATConfig, verbose="auto"):
       >>> qat, _, scores = qat_run(QATConfig("runs/camvid/student-kd", "runs/camvid/student-qkd",
       ...                                    teacher_run="runs/camvid/teacher", epochs=3))
     """
+    from tfseg.calibrate import folded_logit_offset
     from tfseg.distill.distiller import Distiller
     from tfseg.distill.run import make_distillation_loss
     from tfseg.evaluate import evaluate
@@ -120,7 +121,8 @@ def qat_run(config: QATConfig, verbose="auto"):
         calibration = representative_images(run.train_split, size, config.calibration_images, seed=config.seed)
     qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
     optimizer = make_optimizer(train_config.optimizer, config.learning_rate, "cosine", total_steps=run.total_steps)
-    loss = make_loss(train_config.loss, info.num_classes, run.class_weights)
+    logit_offset = folded_logit_offset(record)
+    loss = make_loss(train_config.loss, info.num_classes, run.class_weights, logit_offset)
     trained = qat
     qat_record = {**config.to_dict(), "source_model": record["model"]}
     if config.teacher_run:
@@ -134,7 +136,7 @@ def qat_run(config: QATConfig, verbose="auto"):
         qat_record["distillation_losses"] = [l.get_config() | {"class": type(l).__name__} for l in losses]
     else:
         compile_for_segmentation(qat, info.num_classes, loss=train_config.loss, class_weights=run.class_weights,
-                                 optimizer=optimizer)
+                                 optimizer=optimizer, logit_offset=logit_offset)
 
     out = Path(config.out_dir)
     saved = {**record, "out_dir": str(out), QAT_RECORD_KEY: qat_record, "eval_size": list(size),
