@@ -14,7 +14,10 @@ For each runtime the same small program (this file, ``--inner``) segments IMAGE 
 and prints one summary line per run (machine, runtime, class map size and SHA-256, class counts)
 and MATCH or DIFFER per runtime (with the share of equal pixels and the largest difference of the
 raw int8 outputs). Exit status 0 only if every runtime matched exactly (or, with ``--max-lsb N``,
-its raw outputs differ by at most N quantization steps).
+its raw outputs differ by at most N quantization steps). ``--native-kernels tflite-runtime`` runs
+the host side on TFLite's reference kernels: tflite-runtime 2.14's optimised x86_64 int8 kernels
+round differently from the reference (up to 6 steps on a CamVid student), its aarch64 build
+matches the reference on the models measured.
 
 The emulated CPU is a Raspberry Pi's (``--cpu cortex-a72``, the Pi 4; ``cortex-a76`` is the Pi 5),
 not qemu's default ``max``: with ``max`` qemu advertises extensions no Pi has (SVE, i8mm, ...),
@@ -44,14 +47,14 @@ DEFAULT_CPU = os.environ.get("TFSEG_AARCH64_CPU", "cortex-a72")
 RUNTIMES = ("litert", "tflite-runtime")
 
 
-def inner(model: str, image: str, runtime: str, threads: int, save: str | None) -> int:
+def inner(model: str, image: str, runtime: str, threads: int, save: str | None, reference: bool = False) -> int:
     """Segments one image and prints one JSON line describing the result (runs on either machine)."""
     sys.path.insert(0, str(EXPORT_DIR))
     import numpy as np
 
     from tfseg_lite import Segmenter
 
-    seg = Segmenter(model, num_threads=threads, runtime=runtime)
+    seg = Segmenter(model, num_threads=threads, runtime=runtime, reference_kernels=reference)
     class_map = seg.predict(image)
     if save:  # the raw output too: it shows how far apart two runs are when class maps differ
         np.savez(save, class_map=class_map, output=seg.interpreter.get_tensor(seg._output["index"]))
@@ -61,7 +64,7 @@ def inner(model: str, image: str, runtime: str, threads: int, save: str | None) 
             {
                 "machine": platform.machine(),
                 "python": platform.python_version(),
-                "runtime": seg.runtime.label,
+                "runtime": seg.runtime.label + (" (reference kernels)" if reference else ""),
                 "numpy": np.__version__,
                 "shape": list(class_map.shape),
                 "dtype": str(class_map.dtype),
@@ -111,7 +114,8 @@ def emulated(root: Path, runtime: str, model: Path, image: Path, threads: int, s
     return _run(command, _env([EXPORT_DIR, site]), timeout)
 
 
-def native(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float) -> dict:
+def native(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float,
+           reference: bool = False) -> dict:
     """The same ``--inner`` run with the host Python (x86_64) and its build of ``runtime``."""
     paths = [EXPORT_DIR]
     host_site = root.parent / "x86_64-tflite-runtime"
@@ -122,6 +126,8 @@ def native(root: Path, runtime: str, model: Path, image: Path, threads: int, sav
                "--threads", str(threads), str(model), str(image)]
     if save:
         command += ["--save", str(save)]
+    if reference:
+        command.append("--reference-kernels")
     env = _env(paths)
     env["PATH"] = os.environ.get("PATH", "")
     return _run(command, env, timeout)
@@ -168,6 +174,13 @@ def main(argv=None) -> int:
         help="accept raw outputs that differ by at most this many quantization steps (default 0: identical); "
         "tflite-runtime 2.14's aarch64 and x86_64 builds round requantization ties differently (1-2 steps)",
     )
+    parser.add_argument(
+        "--native-kernels", nargs="+", choices=RUNTIMES, default=[], metavar="RUNTIME",
+        help="compare with the host running these runtimes on TFLite's reference kernels instead of its optimised "
+        "ones (tflite-runtime 2.14: its x86_64 build's optimised int8 kernels deviate from the reference, its "
+        "aarch64 build does not)",
+    )
+    parser.add_argument("--reference-kernels", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save-dir", type=Path, default=None, help="keep each run's class map and raw output as RUNTIME-MACHINE.npz here")
     parser.add_argument("--no-native", action="store_true", help="only the emulated runs")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
@@ -176,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
-        return inner(str(args.model), str(args.image), args.runtime[0], args.threads, args.save)
+        return inner(str(args.model), str(args.image), args.runtime[0], args.threads, args.save, args.reference_kernels)
 
     model, image = args.model.resolve(), args.image.resolve()
     host = platform.machine()
@@ -198,7 +211,8 @@ def main(argv=None) -> int:
             if args.no_native:
                 continue
             try:
-                x86 = native(args.root, runtime, model, image, args.threads, native_file, args.timeout)
+                x86 = native(args.root, runtime, model, image, args.threads, native_file, args.timeout,
+                             runtime in args.native_kernels)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"{host} {runtime}: FAILED\n{err}", file=sys.stderr)
                 ok = False

@@ -81,19 +81,24 @@ def test_litert_on_aarch64_equals_x86(aarch64_root, int8_models, model, cpu):
 
 
 @pytest.mark.parametrize("model", ["fastseg_tiny", "tiny_net"])
-def test_tflite_runtime_on_aarch64_close_to_x86(aarch64_root, int8_models, model):
-    """tflite-runtime 2.14 runs on aarch64; its ARM and x86 builds differ only on requantization ties.
+def test_tflite_runtime_on_aarch64_matches_x86_reference_kernels(aarch64_root, int8_models, model):
+    """tflite-runtime 2.14 on aarch64 against TFLite's reference int8 kernels on x86.
 
-    Measured: raw int8 outputs differ by 1-2 steps at 0.1-1 % of values, each one a value within
-    5e-4 of x.5 before rounding (the two builds round such ties differently); 99.7-99.99 % of
-    class-map pixels equal. The difference is the same with any emulated CPU model, so it is not
-    qemu's. LiteRT (the default runtime) has none of it, see above.
+    The x86_64 build's optimised int8 kernels round some requantizations differently from the
+    reference (CamVid fastseg_tiny student: 99.50 % of class-map pixels equal to the aarch64 run,
+    raw outputs up to 6 steps apart), so the x86 side runs the reference kernels
+    (``--native-kernels tflite-runtime``). Measured against them, the aarch64 build is exact on
+    fastseg_tiny (this test's and the CamVid student) and one step off at a few values of tiny_net
+    (2 of 15000 pixels), whose int8 bilinear resize / add / concat take other rounding paths on ARM.
     """
-    status, result, printed = run_check(aarch64_root, int8_models[model], int8_models["image"], "tflite-runtime", "--max-lsb", "2")
+    status, result, printed = run_check(aarch64_root, int8_models[model], int8_models["image"], "tflite-runtime",
+                                        "--native-kernels", "tflite-runtime", "--max-lsb", "1")
     assert status == 0, printed
     arm, x86 = result["aarch64"], result["native"]
-    assert arm["machine"] == "aarch64" and arm["runtime"] == "tflite-runtime 2.14.0" and x86["runtime"] == "tflite-runtime 2.14.0"
+    assert arm["machine"] == "aarch64" and arm["runtime"] == "tflite-runtime 2.14.0"
+    assert x86["runtime"] == "tflite-runtime 2.14.0 (reference kernels)"
     assert arm["numpy"].startswith("1.") and not arm["tensorflow_imported"]
     assert arm["shape"] == x86["shape"] == [100, 150]
-    assert result["compare"]["output_max_abs_diff"] <= 2
-    assert result["compare"]["pixel_agreement"] >= 0.99
+    assert result["compare"]["output_max_abs_diff"] <= 1 and result["compare"]["pixel_agreement"] >= 0.999
+    if model == "fastseg_tiny":
+        assert result["compare"]["identical"] and result["compare"]["output_max_abs_diff"] == 0

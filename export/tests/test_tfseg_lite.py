@@ -314,6 +314,29 @@ def test_class_maps_equal_tf_lite_interpreter(models, image_file, name):
     assert seg.input_dtype == {"int8": "int8", "uint8": "uint8", "float": "float32", "fastseg_int8": "int8"}[name]
 
 
+def test_reference_kernels_equal_tensorflows_reference_kernels(models):
+    """The bit-exact baseline of the aarch64 check: LiteRT's reference kernels give TF's reference output."""
+    import tensorflow as tf
+
+    image = Image.fromarray(blocky_images(1, seed=9)[0].astype(np.uint8))
+    outputs = {}
+    for reference in (False, True):
+        seg = Segmenter(models["fastseg_int8"], num_threads=1, runtime="litert", reference_kernels=reference)
+        seg.predict(image)
+        outputs[reference] = seg.interpreter.get_tensor(seg._output["index"]).copy()
+    runner = tf.lite.Interpreter(model_path=str(models["fastseg_int8"]), num_threads=1,
+                                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    runner.allocate_tensors()
+    (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
+    scale, zero = inp["quantization"]
+    x = np.clip(np.round(np.asarray(image, np.float32)[None] / scale + zero), -128, 127).astype(np.int8)
+    runner.set_tensor(inp["index"], x)
+    runner.invoke()
+    np.testing.assert_array_equal(outputs[True], runner.get_tensor(out["index"]))
+    # The optimised (XNNPACK) kernels round differently somewhere in this net: the flag is what matters.
+    assert not np.array_equal(outputs[False], outputs[True])
+
+
 def test_any_image_mode_and_type(models, image_file):
     seg = Segmenter(models["int8"], num_threads=1)
     rgb = np.asarray(Image.open(image_file).convert("RGB"))

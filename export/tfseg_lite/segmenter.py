@@ -15,6 +15,7 @@ The pipeline follows the model's own description (``tfseg_lite.metadata``):
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -163,6 +164,8 @@ class Segmenter:
       model_path: the ``.tflite`` file (its description embedded, or in ``<file>.json``).
       num_threads: interpreter threads (default: all CPU cores, 4 on a Raspberry Pi 4/5).
       runtime: ``litert``, ``tflite-runtime`` or ``auto``/None (see ``tfseg_lite.runtime.load``).
+      reference_kernels: run TFLite's portable reference kernels instead of the optimised ones
+        (much slower): the bit-exact baseline when two machines' int8 outputs differ.
 
     Raises:
       FileNotFoundError: no such model file.
@@ -177,15 +180,21 @@ class Segmenter:
       >>> Image.fromarray(seg.overlay("street.jpg", class_map)).save("street_overlay.png")
     """
 
-    def __init__(self, model_path, num_threads: int | None = None, runtime: str | None = None):
+    def __init__(self, model_path, num_threads: int | None = None, runtime: str | None = None,
+                 reference_kernels: bool = False):
         self.model_path = Path(model_path)
         self.metadata = _metadata.load(self.model_path)  # fails first on missing / non-TFLite files
         self.runtime = _runtime.load(runtime)
         self.num_threads = int(num_threads) if num_threads else (os.cpu_count() or 1)
         if self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        options = {}
+        if reference_kernels:
+            resolvers = sys.modules[self.runtime.interpreter_class.__module__].OpResolverType
+            options["experimental_op_resolver_type"] = resolvers.BUILTIN_REF
         try:
-            self.interpreter = self.runtime.interpreter_class(model_path=str(self.model_path), num_threads=self.num_threads)
+            self.interpreter = self.runtime.interpreter_class(
+                model_path=str(self.model_path), num_threads=self.num_threads, **options)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"{self.model_path}: {self.runtime.label} cannot load this model: {err}") from err
