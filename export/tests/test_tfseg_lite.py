@@ -121,15 +121,16 @@ def image_file(tmp_path_factory):
     return path
 
 
-def reference_class_map(model_path, image, interpreter="tf"):
-    """Class map from TensorFlow's interpreter, with preprocessing written out independently here."""
+def tf_lite_output(model_path, picture, reference_kernels=False):
+    """Raw output of TensorFlow's interpreter for a PIL image, preprocessing written out independently here."""
     import tensorflow as tf
 
-    runner = tf.lite.Interpreter(model_path=str(model_path), num_threads=1)
+    options = {"experimental_op_resolver_type": tf.lite.experimental.OpResolverType.BUILTIN_REF} if reference_kernels else {}
+    runner = tf.lite.Interpreter(model_path=str(model_path), num_threads=1, **options)
     runner.allocate_tensors()
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
     _, height, width, _ = inp["shape"]
-    picture = image.convert("RGB")
+    picture = picture.convert("RGB")
     resized = picture.resize((width, height), Image.BILINEAR) if picture.size != (width, height) else picture
     x = np.asarray(resized, np.float32)[None]
     if inp["dtype"] != np.float32:
@@ -138,7 +139,13 @@ def reference_class_map(model_path, image, interpreter="tf"):
         x = np.clip(np.round(x / scale + zero), info.min, info.max)
     runner.set_tensor(inp["index"], x.astype(inp["dtype"]))
     runner.invoke()
-    labels = np.argmax(runner.get_tensor(out["index"])[0], axis=-1).astype(np.uint8)
+    return runner.get_tensor(out["index"])
+
+
+def reference_class_map(model_path, image):
+    """Class map from TensorFlow's interpreter at the image's own size."""
+    picture = image.convert("RGB")
+    labels = np.argmax(tf_lite_output(model_path, picture)[0], axis=-1).astype(np.uint8)
     return np.asarray(Image.fromarray(labels).resize(picture.size, Image.NEAREST))
 
 
@@ -316,23 +323,13 @@ def test_class_maps_equal_tf_lite_interpreter(models, image_file, name):
 
 def test_reference_kernels_equal_tensorflows_reference_kernels(models):
     """The bit-exact baseline of the aarch64 check: LiteRT's reference kernels give TF's reference output."""
-    import tensorflow as tf
-
     image = Image.fromarray(blocky_images(1, seed=9)[0].astype(np.uint8))
     outputs = {}
     for reference in (False, True):
         seg = Segmenter(models["fastseg_int8"], num_threads=1, runtime="litert", reference_kernels=reference)
         seg.predict(image)
         outputs[reference] = seg.interpreter.get_tensor(seg._output["index"]).copy()
-    runner = tf.lite.Interpreter(model_path=str(models["fastseg_int8"]), num_threads=1,
-                                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
-    runner.allocate_tensors()
-    (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
-    scale, zero = inp["quantization"]
-    x = np.clip(np.round(np.asarray(image, np.float32)[None] / scale + zero), -128, 127).astype(np.int8)
-    runner.set_tensor(inp["index"], x)
-    runner.invoke()
-    np.testing.assert_array_equal(outputs[True], runner.get_tensor(out["index"]))
+    np.testing.assert_array_equal(outputs[True], tf_lite_output(models["fastseg_int8"], image, reference_kernels=True))
     # The optimised (XNNPACK) kernels round differently somewhere in this net: the flag is what matters.
     assert not np.array_equal(outputs[False], outputs[True])
 

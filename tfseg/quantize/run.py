@@ -122,7 +122,6 @@ def qat_run(config: QATConfig, verbose="auto"):
     qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
     optimizer = make_optimizer(train_config.optimizer, config.learning_rate, "cosine", total_steps=run.total_steps)
     logit_offset = folded_logit_offset(record)
-    loss = make_loss(train_config.loss, info.num_classes, run.class_weights, logit_offset)
     trained = qat
     qat_record = {**config.to_dict(), "source_model": record["model"]}
     if config.teacher_run:
@@ -132,6 +131,7 @@ def qat_run(config: QATConfig, verbose="auto"):
         losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
         # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
         trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
+        loss = make_loss(train_config.loss, info.num_classes, run.class_weights, logit_offset)
         trained.compile(optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
         qat_record["distillation_losses"] = [l.get_config() | {"class": type(l).__name__} for l in losses]
     else:
