@@ -25,11 +25,10 @@ EVAL_SIZE = (360, 480)
 
 def magnitude_experiment(run_dir: str, sparsity: float, epochs: int, learning_rate: float):
     from tfseg import data as seg_data
-    from tfseg.calibrate import folded_logit_offset
     from tfseg.evaluate import evaluate
     from tfseg.models import rebuild
     from tfseg.prune.magnitude import compressed_sizes, prune_magnitude, pruning_callbacks, strip
-    from tfseg.run import load_run, run_record
+    from tfseg.run import fine_tuning_loss, load_run, run_record
     from tfseg.train import compile_for_segmentation, make_optimizer
 
     record = run_record(run_dir)
@@ -41,9 +40,8 @@ def magnitude_experiment(run_dir: str, sparsity: float, epochs: int, learning_ra
                                    seed=record["seed"])
     steps = -(-len(train) // record["batch_size"]) * epochs
     pruned = prune_magnitude(model, sparsity, end_step=steps - 1, skip=("classifier",))
-    compile_for_segmentation(pruned, info.num_classes, class_weights=record.get("class_weight_values"),
-                             optimizer=make_optimizer("adam", learning_rate, "constant"),
-                             logit_offset=folded_logit_offset(record))
+    compile_for_segmentation(pruned, info.num_classes, loss=fine_tuning_loss(record, info.num_classes),
+                             optimizer=make_optimizer("adam", learning_rate, "constant"))
     pruned.fit(data, epochs=epochs, callbacks=pruning_callbacks(), verbose=2)
     sparse = strip(pruned)
 

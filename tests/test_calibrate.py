@@ -94,3 +94,24 @@ def test_calibrate_run_keeps_the_original_and_is_repeatable(tmp_path):
     (unweighted / "run.json").write_text(json.dumps({**record, "class_weights": None, "class_weight_values": None}))
     with pytest.raises(ConfigError, match="without class weights"):
         calibrate_run(unweighted)
+
+
+def test_fine_tuning_loss_is_the_runs_own_loss_minus_its_folded_adjustment():
+    from tfseg.losses import CEDiceLoss, LogitOffsetLoss, SegmentationCrossEntropy
+    from tfseg.run import fine_tuning_loss
+
+    weights, bias = [1.0, 2.0, 0.5], [0.1, -0.3, 0.2]
+    plain = fine_tuning_loss({"loss": "ce+dice", "class_weight_values": weights}, 3)
+    assert isinstance(plain, CEDiceLoss)
+    adjusted = fine_tuning_loss({"loss": "ce", "class_weight_values": weights, "logit_adjustment": {"bias": bias}}, 3)
+    assert isinstance(adjusted, LogitOffsetLoss) and isinstance(adjusted.loss, SegmentationCrossEntropy)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=(2, 4, 4, 1))
+    inner = SegmentationCrossEntropy(3, class_weights=weights)
+    assert float(adjusted(labels, logits)) == pytest.approx(float(inner(labels, logits - np.float32(bias))), rel=1e-5)
+    with pytest.raises(ConfigError, match="built loss"):
+        from tfseg.train import compile_for_segmentation
+
+        compile_for_segmentation(models.build("unet_small", num_classes=3, input_shape=(16, 16, 3)), 3,
+                                 loss=adjusted, class_weights=weights)

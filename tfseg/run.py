@@ -19,7 +19,7 @@ from tfseg.checkpoint import write_json
 from tfseg.data.info import DatasetInfo
 from tfseg.evaluate import LabelResolutionValidation, evaluate
 from tfseg.losses import median_frequency_weights
-from tfseg.train import compile_for_segmentation, fit, make_optimizer
+from tfseg.train import compile_for_segmentation, fit, make_loss, make_optimizer
 
 RUN_FILE = "run.json"
 
@@ -202,3 +202,15 @@ def run_record(run_dir) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a tfseg training run?")
     return json.loads(path.read_text())
+
+
+def fine_tuning_loss(record: dict, num_classes: int):
+    """The loss a run was trained with (its ``loss`` name and class weights), for fine-tuning its model.
+
+    A calibrated run's classifier carries its logit adjustment; the loss subtracts it so that
+    fine-tuning (pruning, QAT) does not train it away.
+    """
+    from tfseg.calibrate import folded_logit_offset
+
+    return make_loss(record.get("loss", "ce"), num_classes, record.get("class_weight_values"),
+                     folded_logit_offset(record))

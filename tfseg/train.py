@@ -106,16 +106,21 @@ def compile_for_segmentation(
     model,
     num_classes: int,
     *,
-    loss: str = "ce",
+    loss="ce",
     class_weights: Sequence[float] | None = None,
     optimizer=None,
     logit_offset: Sequence[float] | None = None,
 ):
-    """Checks the class count, then compiles with a segmentation loss and mIoU/pixel-accuracy metrics."""
+    """Checks the class count, then compiles with a segmentation loss and mIoU/pixel-accuracy metrics.
+
+    ``loss``: a name for ``make_loss`` (with ``class_weights`` and ``logit_offset``), or a built loss.
+    """
     check_output_classes(model, num_classes)
+    if not isinstance(loss, str) and (class_weights is not None or logit_offset is not None):
+        raise ConfigError("class_weights and logit_offset build a named loss; a built loss already has its own")
     model.compile(
         optimizer=optimizer or make_optimizer(schedule="constant"),
-        loss=make_loss(loss, num_classes, class_weights, logit_offset),
+        loss=make_loss(loss, num_classes, class_weights, logit_offset) if isinstance(loss, str) else loss,
         metrics=segmentation_metrics(num_classes),
     )
     return model

@@ -33,11 +33,13 @@ class Runtime:
       name: ``litert`` or ``tflite-runtime``.
       version: its distribution's version (``unknown`` if it cannot be told).
       interpreter_class: the ``Interpreter`` class (``model_path=``, ``num_threads=`` keywords).
+      op_resolver_type: its ``OpResolverType`` enum (``BUILTIN_REF`` selects the reference kernels).
     """
 
     name: str
     version: str
     interpreter_class: type
+    op_resolver_type: type
 
     @property
     def label(self) -> str:
@@ -56,7 +58,7 @@ def _version(name: str, module) -> str:
 
 def _import(name: str) -> Runtime:
     module = importlib.import_module(_MODULES[name])
-    return Runtime(name, _version(name, module), module.Interpreter)
+    return Runtime(name, _version(name, module), module.Interpreter, module.OpResolverType)
 
 
 def _numpy_hint() -> str:

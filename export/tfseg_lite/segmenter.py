@@ -15,7 +15,6 @@ The pipeline follows the model's own description (``tfseg_lite.metadata``):
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -190,8 +189,7 @@ class Segmenter:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         options = {}
         if reference_kernels:
-            resolvers = sys.modules[self.runtime.interpreter_class.__module__].OpResolverType
-            options["experimental_op_resolver_type"] = resolvers.BUILTIN_REF
+            options["experimental_op_resolver_type"] = self.runtime.op_resolver_type.BUILTIN_REF
         try:
             self.interpreter = self.runtime.interpreter_class(
                 model_path=str(self.model_path), num_threads=self.num_threads, **options)

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 from tfseg import data as seg_data
-from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import save_model, write_json
 from tfseg.evaluate import evaluate
 from tfseg.prune.filters import rebuild_pruned
 from tfseg.prune.iterative import prune_filters_iteratively
-from tfseg.run import RUN_FILE, load_run, run_record
-from tfseg.train import make_loss, make_optimizer, segmentation_metrics
+from tfseg.run import RUN_FILE, fine_tuning_loss, load_run, run_record
+from tfseg.train import make_optimizer, segmentation_metrics
 
 
 def prune_run(
@@ -81,8 +80,7 @@ def prune_run(
         return row
 
     def compile_model(trainable):
-        loss = make_loss(record["loss"], info.num_classes, record.get("class_weight_values"),
-                         folded_logit_offset(record))
+        loss = fine_tuning_loss(record, info.num_classes)
         optimizer = make_optimizer("adam", learning_rate, "constant")
         trainable.compile(optimizer=optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
 
