@@ -138,20 +138,23 @@ def test_distiller_checkpoint_resumes_where_it_stopped(pair, tmp_path):
     class Crash(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
+                self.optimizer_state = [v.numpy() for v in self.model.optimizer.variables]
                 raise KeyboardInterrupt  # a kill after epoch 0 finished
 
     backup = str(tmp_path / "backup")
     keras.utils.set_random_seed(1)
     first = Distiller(teacher, fresh_student())
     first.compile(keras.optimizers.Adam(1e-3))
+    crash = Crash()
     with pytest.raises(KeyboardInterrupt):
         first.fit(segmentation_data(), epochs=3, verbose=0,
-                  callbacks=[keras.callbacks.BackupAndRestore(backup), Crash()])
+                  callbacks=[keras.callbacks.BackupAndRestore(backup), crash])
     after_epoch_0 = all_weights(first.student)
 
     class Record(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.start_weights = all_weights(self.model.student)
+            self.optimizer_state = [v.numpy() for v in self.model.optimizer.variables]
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epochs = getattr(self, "epochs", []) + [epoch]
@@ -164,6 +167,10 @@ def test_distiller_checkpoint_resumes_where_it_stopped(pair, tmp_path):
     # The new, differently initialised student started from the weights of the killed run's epoch 0
     # (BackupAndRestore restores in on_train_begin, before the recording callback runs).
     for old, restored in zip(after_epoch_0, record.start_weights):
+        np.testing.assert_array_equal(old, restored)
+    # The Distiller is built at construction, so the optimizer's moments exist and are restored too.
+    assert len(record.optimizer_state) == len(crash.optimizer_state) > 1
+    for old, restored in zip(crash.optimizer_state, record.optimizer_state):
         np.testing.assert_array_equal(old, restored)
     assert int(second.optimizer.iterations.numpy()) == 3 * 2  # 3 epochs x 2 steps in total
 

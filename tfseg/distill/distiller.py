@@ -87,6 +87,9 @@ class Distiller(keras.Model):
         self.adapters = [self._adapter_for(i, loss) for i, loss in enumerate(losses)]
         self.student_loss_fn = None
         self._trackers = {}
+        # Every variable exists now (teacher, student, adapters), so the Distiller is built: fit's
+        # BackupAndRestore then builds the optimizer before restoring a checkpoint into it.
+        self.built = True
 
     # ---------------------------------------------------------------- construction helpers
 
@@ -97,7 +100,9 @@ class Distiller(keras.Model):
         student_channels = self._student_taps.output[loss.student_endpoint].shape[-1]
         if teacher_channels == student_channels:
             return None
-        return taps.channel_adapter(teacher_channels, name=f"adapter_{index}_{loss.name}")
+        adapter = taps.channel_adapter(teacher_channels, name=f"adapter_{index}_{loss.name}")
+        adapter.build(self._student_taps.output[loss.student_endpoint].shape)
+        return adapter
 
     @property
     def deployable_model(self):
