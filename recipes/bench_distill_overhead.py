@@ -10,7 +10,10 @@ and prints ``distill / (teacher + student)``. The issue's goal is at most 1.15. 
 (cost does not depend on them); CamVid-like crops of random pixels.
 
     python recipes/bench_distill_overhead.py                        # DeepLabV3-MNv2 -> fastseg_tiny, 288x384
-    python recipes/bench_distill_overhead.py --losses pixel_kd,pairwise_kd,cwd --steps 20
+    python recipes/bench_distill_overhead.py --losses pixel_kd pairwise_kd cwd:pool_size=1 --steps 20
+
+Each --losses item is one Distiller: losses joined by '+', each with optional ``:KEY=VALUE,...``
+options (``tfseg.options.variant_specs``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="deeplabv3_mobilenet_v2")
     parser.add_argument("--student", default="fastseg_tiny")
-    parser.add_argument("--losses", default="pixel_kd,pairwise_kd,csc,ace,cwd",
-                        help="comma-separated distillation losses (tfseg.distill.run.LOSSES)")
+    parser.add_argument("--losses", nargs="+", default=["pixel_kd", "pairwise_kd", "csc", "ace", "cwd"],
+                        help="Distillers to time, each losses of tfseg.distill.run.LOSSES joined by '+'")
     parser.add_argument("--size", default="288x384")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--classes", type=int, default=11)
@@ -52,6 +55,7 @@ def main(argv=None):
     from tfseg._keras import keras, tf
     from tfseg.distill import Distiller
     from tfseg.distill.run import make_distillation_loss
+    from tfseg.options import variant_specs
     from tfseg.train import compile_for_segmentation
 
     height, width = (int(v) for v in args.size.split("x"))
@@ -77,10 +81,9 @@ def main(argv=None):
     t_student = timed_steps(train_step(student), batches, args.warmup)
 
     results = {"teacher_forward_s": t_teacher, "student_train_step_s": t_student}
-    for spec in args.losses.split(","):
-        names = spec.split("+")
+    for spec in args.losses:
         distiller = Distiller(teacher, models.build(args.student, shape, args.classes),
-                              [make_distillation_loss(name) for name in names])
+                              [make_distillation_loss(loss) for loss in variant_specs(spec)])
         distiller.compile(keras.optimizers.Adam(1e-3))
         t = timed_steps(train_step(distiller), batches, args.warmup)
         results[f"distill_step_s[{spec}]"] = t
@@ -89,7 +92,7 @@ def main(argv=None):
     print(json.dumps({k: round(v, 4) for k, v in results.items()}, indent=1))
     print(f"{args.teacher} -> {args.student}, {args.size}, batch {args.batch_size}: teacher forward "
           f"{1000 * t_teacher:.0f} ms + student step {1000 * t_student:.0f} ms")
-    for spec in args.losses.split(","):
+    for spec in args.losses:
         print(f"  {spec:>28}: distill step {1000 * results[f'distill_step_s[{spec}]']:.0f} ms, "
               f"ratio {results[f'ratio[{spec}]']:.3f} (goal <= 1.15)")
 

@@ -9,11 +9,14 @@ teacher's test mIoU. Finished variants are skipped, killed ones resume.
 
     python recipes/train_camvid_teacher.py                  # first: the teacher (runs/camvid/teacher)
     python recipes/distill_camvid.py                        # scratch, each loss alone, best combination
-    python recipes/distill_camvid.py --variants "pixel_kd+cwd,pixel_kd+pairwise_kd"   # chosen combinations
+    python recipes/distill_camvid.py --variants pixel_kd+cwd pixel_kd+pairwise_kd    # chosen combinations
+    python recipes/distill_camvid.py --variants pixel_kd:temperature=1,alpha=0.5 --combine 0   # loss options
 
-Variant names are losses of ``tfseg.distill.run.LOSSES`` joined by ``+``, or ``scratch``. After
-the listed variants, ``--combine K`` (default 2) also trains the combination of the K single
-losses with the best **val** mIoU (test never chooses anything).
+A variant is ``scratch`` or losses of ``tfseg.distill.run.LOSSES`` trained together, joined by
+``+``, each optionally with ``:KEY=VALUE,...`` options (``tfseg.options.variant_specs``); its
+run directory is the variant with ``:`` written as ``-``. After the listed variants,
+``--combine K`` (default 2) also trains the combination of the K single losses with the best
+**val** mIoU (test never chooses anything).
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_VARIANTS = "scratch,pixel_kd,pairwise_kd,csc,ace,cwd"
+from tfseg.options import size as parse_size
+from tfseg.options import variant_specs
+
+DEFAULT_VARIANTS = ["scratch", "pixel_kd", "pairwise_kd", "csc", "ace", "cwd"]
 EVAL_SIZE = (360, 480)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
-
-
-def variant_losses(variant: str) -> list:
-    return [] if variant == "scratch" else variant.split("+")
+def variant_dir(variant: str) -> str:
+    return variant.replace(":", "-")
 
 
 def test_miou(run_dir: Path, camvid_root=None) -> float:
@@ -55,7 +56,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="runs/camvid/teacher")
     parser.add_argument("--student", default="fastseg_tiny")
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
+                        help=f"variants to train (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--out", default="runs/camvid/students")
     parser.add_argument("--camvid", help="CamVid folder (default $TFSEG_CAMVID_DIR or ../shared/data/camvid)")
     parser.add_argument("--epochs", type=int, default=30)
@@ -66,10 +68,14 @@ def main(argv=None):
     parser.add_argument("--combine", type=int, default=2,
                         help="also train the K single losses with the best val mIoU together (0: no)")
     args = parser.parse_args(argv)
+    from tfseg.distill.run import make_distillation_loss
+
+    for variant in args.variants:  # a misspelt loss or option fails now, not after hours of training
+        [make_distillation_loss(spec) for spec in variant_specs(variant)]
 
     teacher_miou = test_miou(Path(args.teacher), args.camvid)
     rows = []
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = [v.strip() for v in args.variants]
     for variant in variants:
         rows.append(train_variant(variant, args))
     combination = best_combination(rows, args.combine)
@@ -92,7 +98,7 @@ def train_variant(variant: str, args) -> dict:
     from tfseg.distill.run import DistillConfig, distill_run
     from tfseg.run import run_record
 
-    out = Path(args.out) / variant
+    out = Path(args.out) / variant_dir(variant)
     finished = (out / "run.json").exists() and "train_seconds" in run_record(out)
     if not finished:
         config = DistillConfig(
@@ -102,7 +108,7 @@ def train_variant(variant: str, args) -> dict:
             loss="ce", class_weights=None,  # ACE has no class weights: keep every variant unweighted
             optimizer="adam", learning_rate=args.learning_rate, schedule="poly",
             augment={"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1}, seed=args.seed,
-            teacher_run=args.teacher, losses=variant_losses(variant),
+            teacher_run=args.teacher, losses=variant_specs(variant),
         )
         start = time.time()
         distill_run(config)

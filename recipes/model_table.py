@@ -29,10 +29,7 @@ import shlex
 import sys
 import time
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
+from tfseg.options import size as parse_size
 
 
 def cpu_name() -> str:

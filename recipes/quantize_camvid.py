@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from tfseg.options import size as parse_size
+
 DEFAULT_TEACHER = "runs/camvid/teacher"
 DEFAULT_STUDENT = "runs/camvid/student-kd"
 DEFAULT_OUT = "runs/camvid/quantization"
@@ -53,11 +55,6 @@ DEFAULT_OUT = "runs/camvid/quantization"
 PTQ_MAX_DROP = 1.0
 QAT_MAX_DROP = 0.5
 INT8_MAX_SIZE_RATIO = 0.3
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
 
 
 def qat_model(role: str, run: str, args, teacher_run: str | None = None):

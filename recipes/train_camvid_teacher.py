@@ -30,6 +30,8 @@ import os
 import time
 from pathlib import Path
 
+from tfseg.options import size as parse_size
+
 WEIGHTS_ENV = "TFSEG_MOBILENET_V2_NPY"
 WEIGHTS_FALLBACK = Path("..") / "shared" / "weights" / "mobilenet_v2_1.0_224_imagenet_tfslim_npy"
 DEFAULT_OUT = "runs/camvid/teacher"
@@ -72,11 +74,6 @@ def teacher_config(args):
         augment={"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1},
         seed=args.seed,
     )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ def test_evaluate_names_a_missing_run(tmp_path, capsys):
 
 
 def test_sizes_are_parsed_or_refused():
-    from tfseg.cli import _size
+    from tfseg.options import size as _size
 
     assert _size("360x480") == (360, 480) and _size("96") == (96, 96)
     with pytest.raises(Exception, match="HxW"):

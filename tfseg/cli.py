@@ -13,26 +13,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
 from tfseg.errors import ConfigError, DataError
-
-
-def _size(text: str) -> tuple[int, int]:
-    """'96' -> (96, 96); '360x480' -> (360, 480)."""
-    parts = text.lower().split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW (e.g. 360x480), got {text!r}")
-    return values
+from tfseg.options import loss_spec, option_value
+from tfseg.options import size as parse_size
 
 
 def _data_options(args) -> dict:
@@ -43,20 +30,8 @@ def _data_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--data-option takes KEY=VALUE, got {item!r}")
-        options[key] = _option_value(value)
+        options[key] = option_value(value)
     return options
-
-
-def _option_value(text: str):
-    """A KEY=VALUE option's value: int, float, HxW size, or the text itself."""
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    if re.fullmatch(r"\d+x\d+", text):
-        return _size(text)
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def _add_data_args(p, default_dataset="scenes"):
@@ -88,22 +63,10 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _loss_spec(text: str) -> dict:
-    """'pixel_kd' or 'pixel_kd:temperature=4,alpha=0.5' -> {"loss": "pixel_kd", "temperature": 4, ...}."""
-    name, _, options = text.partition(":")
-    spec = {"loss": name.strip()}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--kd options are KEY=VALUE, got {item!r} in {text!r}")
-        spec[key.strip()] = _option_value(value.strip())
-    return spec
-
-
 def _cmd_distill(args) -> int:
     from tfseg.distill.run import DistillConfig, distill_run
 
-    losses = [] if args.no_distillation else [_loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
+    losses = [] if args.no_distillation else [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
     config = DistillConfig(**_training_options(args), teacher_run=args.teacher, losses=losses,
                            student_loss_weight=args.student_loss_weight)
     _, _, scores = distill_run(config)
@@ -129,7 +92,7 @@ def _cmd_prune(args) -> int:
 def _cmd_quantize(args) -> int:
     from tfseg.quantize.run import QATConfig, qat_run
 
-    losses = [_loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
+    losses = [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
     config = QATConfig(run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs,
                        learning_rate=args.lr, batch_size=args.batch_size, image_size=args.image_size,
                        preserve_sparsity=args.preserve_sparsity, teacher_run=args.teacher, losses=losses,
@@ -246,8 +209,8 @@ def _add_training_args(p, default_model="unet_small"):
     p.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
     p.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
     _add_data_args(p)
-    p.add_argument("--crop-size", type=_size, default=(96, 96), help="training input size, N or HxW")
-    p.add_argument("--eval-size", type=_size,
+    p.add_argument("--crop-size", type=parse_size, default=(96, 96), help="training input size, N or HxW")
+    p.add_argument("--eval-size", type=parse_size,
                    help="model input size for validation on full-resolution labels (default: crop size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
@@ -307,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--epochs", type=int, default=3)
     qz.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine decay)")
     qz.add_argument("--batch-size", type=int, help="default: the run's")
-    qz.add_argument("--image-size", type=_size, help="train/validation input size (default: the run's eval size)")
+    qz.add_argument("--image-size", type=parse_size, help="train/validation input size (default: the run's eval size)")
     qz.add_argument("--preserve-sparsity", action="store_true", help="prune-preserving QAT for magnitude-pruned runs")
     qz.add_argument("--teacher", help="a teacher run: quantization-aware knowledge distillation")
     qz.add_argument("--kd", dest="loss_kd", action="append", metavar="LOSS[:KEY=VALUE,...]",
@@ -326,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quantization", default="int8", choices=("int8", "float16", "dynamic", "none"))
     x.add_argument("--io-dtype", choices=("uint8", "int8", "float32"),
                    help="int8 model input/output type (default uint8)")
-    x.add_argument("--image-size", type=_size, help="input size (default: the run's eval size)")
+    x.add_argument("--image-size", type=parse_size, help="input size (default: the run's eval size)")
     x.add_argument("--calibration-split", default="train", help="split the int8 calibration images come from")
     x.add_argument("--calibration-images", type=int, default=100)
     x.add_argument("--verify-split", help="check the export against the Keras model on this split (e.g. val)")
@@ -344,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="default: the run's dataset")
     e.add_argument("--data-dir")
     e.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    e.add_argument("--image-size", type=_size, help="model input size (default: the run's)")
+    e.add_argument("--image-size", type=parse_size, help="model input size (default: the run's)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--overlays", type=int, default=6)
     e.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
