@@ -126,7 +126,7 @@ def folded_logit_offset(record: dict) -> list | None:
 
     Runs derived from a calibrated run (pruned, quantization-aware) copy its record and weights,
     so they carry the same offset; their fine-tuning loss must subtract it
-    (``tfseg.train.make_loss(..., logit_offset=...)``).
+    (``tfseg.run.fine_tuning_loss``).
     """
     adjustment = record.get("logit_adjustment") or {}
     return adjustment.get("bias")

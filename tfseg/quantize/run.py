@@ -99,12 +99,11 @@ def qat_run(config: QATConfig, verbose="auto"):
       >>> qat, _, scores = qat_run(QATConfig("runs/camvid/student-kd", "runs/camvid/student-qkd",
       ...                                    teacher_run="runs/camvid/teacher", epochs=3))
     """
-    from tfseg.calibrate import folded_logit_offset
     from tfseg.distill.distiller import Distiller
     from tfseg.distill.run import make_distillation_loss
     from tfseg.evaluate import evaluate
-    from tfseg.run import load_run, prepare_run, run_record
-    from tfseg.train import CurvesPlot, compile_for_segmentation, make_loss, make_optimizer, progress_verbosity
+    from tfseg.run import fine_tuning_loss, load_run, prepare_run, run_record
+    from tfseg.train import CurvesPlot, compile_for_segmentation, make_optimizer, progress_verbosity
     from tfseg.train import segmentation_metrics
 
     record = run_record(config.run_dir)
@@ -121,7 +120,7 @@ def qat_run(config: QATConfig, verbose="auto"):
         calibration = representative_images(run.train_split, size, config.calibration_images, seed=config.seed)
     qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
     optimizer = make_optimizer(train_config.optimizer, config.learning_rate, "cosine", total_steps=run.total_steps)
-    logit_offset = folded_logit_offset(record)
+    loss = fine_tuning_loss(record, info.num_classes)
     trained = qat
     qat_record = {**config.to_dict(), "source_model": record["model"]}
     if config.teacher_run:
@@ -131,12 +130,10 @@ def qat_run(config: QATConfig, verbose="auto"):
         losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
         # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
         trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
-        loss = make_loss(train_config.loss, info.num_classes, run.class_weights, logit_offset)
         trained.compile(optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
         qat_record["distillation_losses"] = [l.get_config() | {"class": type(l).__name__} for l in losses]
     else:
-        compile_for_segmentation(qat, info.num_classes, loss=train_config.loss, class_weights=run.class_weights,
-                                 optimizer=optimizer, logit_offset=logit_offset)
+        compile_for_segmentation(qat, info.num_classes, loss=loss, optimizer=optimizer)
 
     out = Path(config.out_dir)
     saved = {**record, "out_dir": str(out), QAT_RECORD_KEY: qat_record, "eval_size": list(size),
