@@ -64,6 +64,8 @@ def main(argv=None):
     parser.add_argument("--fine-tune-epochs", type=int, default=3)
     parser.add_argument("--distill", action="store_true")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--bn-batches", type=int, default=20,
+                        help="batches the batch-norm statistics are re-estimated from after each step (0: don't)")
     parser.add_argument("--skip-filters", action="store_true")
     parser.add_argument("--magnitude", action="store_true")
     parser.add_argument("--sparsity", type=float, default=0.8)
@@ -75,7 +77,7 @@ def main(argv=None):
 
         _, rows = prune_run(args.run, args.out, step=args.step, target=args.target,
                             fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split="test",
-                            learning_rate=args.learning_rate)
+                            learning_rate=args.learning_rate, bn_batches=args.bn_batches)
         base = rows[0]
         print("\n| round | filters removed | test mIoU | params (M) | GMACs | LiteRT ms (1 thread) | speed-up |")
         print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -40,3 +40,24 @@ def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, caps
     assert pruned.output_shape == (None, 48, 64, info.num_classes)
     assert pruned.count_params() == rows[-1]["params"]
     assert main(["evaluate", str(out), "--split", "test", "--overlays", "0"]) == 0
+
+
+def test_each_round_re_estimates_batch_norm_statistics_on_the_training_batches():
+    from tfseg import models
+    from tfseg._keras import keras, tf
+    from tfseg.batchnorm import batch_norm_layers, reestimate_batch_norm
+    from tfseg.prune.iterative import prune_filters_iteratively
+
+    keras.utils.set_random_seed(0)
+    model = models.build("fastseg_tiny", (32, 32, 3), 3)
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices((rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+                                               np.zeros((8, 32, 32, 1), "int32"))).batch(4)
+    common = dict(step=0.5, target=0.5, fine_tune_epochs=0, compile_model=lambda m: None, score=lambda m: {})
+    stale, _ = prune_filters_iteratively(model, data, bn_batches=0, **common)
+    fresh, _ = prune_filters_iteratively(model, data, bn_batches=2, **common)
+    stats = lambda m: {layer.name: layer.moving_mean.numpy() for layer in batch_norm_layers(m)}
+    assert any(not np.allclose(stats(stale)[name], value) for name, value in stats(fresh).items())
+    reestimate_batch_norm(stale, data, 2)
+    for name, value in stats(fresh).items():
+        np.testing.assert_allclose(stats(stale)[name], value, rtol=1e-5, atol=1e-6)

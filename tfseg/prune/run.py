@@ -35,6 +35,7 @@ def prune_run(
     scope: str = "layer",
     learning_rate: float = 1e-4,
     latency_threads: int = 1,
+    bn_batches: int = 20,
     verbose="auto",
 ):
     """Prunes a run's best model to ``target`` and records every round (see the module docstring).
@@ -42,7 +43,7 @@ def prune_run(
     Args:
       run_dir: a training (or distillation) run directory.
       out_dir: where the pruned run goes.
-      step, target, fine_tune_epochs, criterion, scope: see ``prune_filters_iteratively``.
+      step, target, fine_tune_epochs, criterion, scope, bn_batches: see ``prune_filters_iteratively``.
       distill: fine-tune each round by pixel-wise distillation from the unpruned model.
       split: the split scored after each round (mIoU at the run's evaluation size).
       learning_rate: fine-tuning learning rate (Adam, constant).
@@ -88,7 +89,7 @@ def prune_run(
     final, rounds = prune_filters_iteratively(
         model, train_data, step=step, target=target, fine_tune_epochs=fine_tune_epochs,
         compile_model=compile_model, score=score, teacher=model if distill else None,
-        criterion=criterion, scope=scope, out_dir=out_dir,
+        criterion=criterion, scope=scope, out_dir=out_dir, bn_batches=bn_batches,
         fit_kwargs={"verbose": 2 if verbose == "auto" else verbose},
     )
     out = Path(out_dir)
@@ -97,7 +98,7 @@ def prune_run(
     write_json(out / RUN_FILE, {
         **record, "filter_pruned": True, "pruned_from": str(run_dir),
         "pruning": {"step": step, "target": target, "fine_tune_epochs": fine_tune_epochs, "distill": distill,
-                    "criterion": criterion, "scope": scope, "learning_rate": learning_rate,
+                    "criterion": criterion, "scope": scope, "learning_rate": learning_rate, "bn_batches": bn_batches,
                     "seconds": round(time.time() - start, 1)},
         "rounds": rows, "num_params": final.count_params(),
     })
