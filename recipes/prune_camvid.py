@@ -14,6 +14,7 @@ sparse model is kept as ``magnitude_sparse.keras`` in --out.
 
     python recipes/prune_camvid.py --distill                       # filter pruning of runs/camvid/teacher
     python recipes/prune_camvid.py --magnitude --skip-filters      # magnitude pruning only
+    python recipes/prune_camvid.py --latency-only                  # re-time the saved rounds, 1 and 2 threads
 """
 
 from __future__ import annotations
@@ -75,6 +76,49 @@ def magnitude_experiment(run_dir: str, out_dir: str, sparsity: float, epochs: in
             "gzip_ratio": sparse_size["gzip_bytes"] / dense_size["gzip_bytes"]}
 
 
+def retime_rounds(run_dir: str, out_dir: str, threads, runs: int) -> list[dict]:
+    """LiteRT latency of every saved round (float32 TFLite at the run's evaluation size, as the
+    pruning run times them), median of ``runs`` invokes.
+
+    The per-round latency of the pruning run is taken between trainings with 10 invokes; this
+    re-times the rounds one after another, so that they share one machine state.
+    """
+    from tfseg.checkpoint import write_json
+    from tfseg.prune.filters import rebuild_pruned
+    from tfseg.prune.iterative import load_rounds
+    from tfseg.run import run_record
+    from tfseg.tflite import litert_latency, to_tflite_bytes
+    from tfseg._keras import keras
+
+    record = run_record(run_dir)
+    size = tuple(record.get("eval_size") or record["crop_size"])
+    rows = load_rounds(out_dir)
+    for row in rows:
+        model = keras.models.load_model(Path(out_dir) / f"round_{row['round']:02d}.keras", compile=False)
+        sized = rebuild_pruned(record["model"], model, (*size, 3), **record["model_options"])
+        flatbuffer = to_tflite_bytes(sized)
+        for n in threads:
+            row[f"latency_ms_{n}t"] = round(litert_latency(flatbuffer, num_threads=n, runs=runs)["median_ms"], 2)
+        print(f"round {row['round']}: " + ", ".join(f"{row[f'latency_ms_{n}t']} ms ({n} thread{'s' * (n > 1)})"
+                                                    for n in threads), flush=True)
+    write_json(Path(out_dir) / "latency.json", {"runs": runs, "threads": threads, "rounds": rows})
+    return rows
+
+
+def print_rounds(rows, threads) -> None:
+    base = rows[0]
+    split = next(key for key in base if key.endswith("_miou")).removesuffix("_miou")
+    print(f"\n| round | filters removed | {split} mIoU | params (M) | GMACs | "
+          + " | ".join(f"LiteRT ms ({n} thread{'s' * (n > 1)}) | speed-up" for n in threads) + " |")
+    print("|---:|---:|---:|---:|---:|" + "---:|---:|" * len(threads))
+    for r in rows:
+        cells = [f"{r['round']}", f"{100 * r['removed']:.0f} %", f"{100 * r[f'{split}_miou']:.2f}",
+                 f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.2f}"]
+        for n in threads:
+            cells += [f"{r[f'latency_ms_{n}t']:.1f}", f"{base[f'latency_ms_{n}t'] / r[f'latency_ms_{n}t']:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/camvid/teacher")
@@ -90,20 +134,22 @@ def main(argv=None):
     parser.add_argument("--magnitude", action="store_true")
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--magnitude-epochs", type=int, default=5)
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-time the saved rounds of --out (quiet machine) instead of pruning")
+    parser.add_argument("--threads", type=lambda t: [int(n) for n in t.split(",")], default=[1, 2])
+    parser.add_argument("--latency-runs", type=int, default=30)
     args = parser.parse_args(argv)
 
+    if args.latency_only:
+        print_rounds(retime_rounds(args.run, args.out, args.threads, args.latency_runs), args.threads)
+        return
     if not args.skip_filters:
         from tfseg.prune.run import prune_run
 
         _, rows = prune_run(args.run, args.out, step=args.step, target=args.target,
                             fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split="test",
                             learning_rate=args.learning_rate, bn_batches=args.bn_batches)
-        base = rows[0]
-        print("\n| round | filters removed | test mIoU | params (M) | GMACs | LiteRT ms (1 thread) | speed-up |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['round']} | {100 * r['removed']:.0f} % | {100 * r['test_miou']:.2f} | {r['params'] / 1e6:.2f} | "
-                  f"{r['gmacs']:.2f} | {r['latency_ms_1t']:.1f} | {base['latency_ms_1t'] / r['latency_ms_1t']:.2f}x |")
+        print_rounds(rows, threads=[1])
     if args.magnitude:
         from tfseg.checkpoint import write_json
 
