@@ -128,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--fine-tune-epochs", type=int, default=3)
     parser.add_argument("--distill", action="store_true")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--keep-residual", action="store_true",
+                        help="keep the channels tied by residual additions whole (Li et al.'s rule for ResNets)")
     parser.add_argument("--bn-batches", type=int, default=20,
                         help="batches the batch-norm statistics are re-estimated from after each step (0: don't)")
     parser.add_argument("--skip-filters", action="store_true")
@@ -148,7 +150,8 @@ def main(argv=None):
 
         _, rows = prune_run(args.run, args.out, step=args.step, target=args.target,
                             fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split="test",
-                            learning_rate=args.learning_rate, bn_batches=args.bn_batches)
+                            learning_rate=args.learning_rate, bn_batches=args.bn_batches,
+                            prune_residual=not args.keep_residual)
         print_rounds(rows, threads=[1])
     if args.magnitude:
         from tfseg.checkpoint import write_json

@@ -7,6 +7,7 @@ from test_zoo import HEAVY, small_model
 
 from tfseg import models
 from tfseg._keras import keras
+from tfseg.errors import ConfigError
 from tfseg.prune import analyse, apply_plan, plan_filter_pruning, prune_filters, zero_pruned_channels
 from tfseg.tflite import to_tflite_bytes
 
@@ -103,6 +104,31 @@ def test_residual_groups_are_pruned_jointly():
     pruned = apply_plan(model, plan)
     for name in chain.sources:
         assert pruned.get_layer(name).filters == len(plan.keep[chain.id])
+
+
+def test_kept_residual_groups_stay_whole_and_the_iterative_target_is_still_reached():
+    from tfseg.prune.iterative import _prunable_filter_counts, prune_filters_iteratively
+
+    model = small_model("fcn_resnet18")
+    plan = plan_filter_pruning(model, 0.5, prune_residual=False)
+    residual = [g for g in plan.graph.groups.values() if g.prunable and len(g.sources) > 1]
+    inner = [g for g in plan.graph.groups.values() if g.prunable and len(g.sources) == 1]
+    assert residual and inner
+    assert all(len(plan.keep[g.id]) == g.size for g in residual)
+    assert all(len(plan.keep[g.id]) == g.size - g.size // 2 for g in inner)
+
+    # 40 % of all prunable filters (residual ones counted) come from the inner layers alone.
+    producers = [name for g in residual + inner for name in g.sources]
+    pruned, rounds = prune_filters_iteratively(
+        model, None, step=0.2, target=0.4, fine_tune_epochs=0, compile_model=None, score=lambda m: {},
+        bn_batches=0, prune_residual=False)
+    assert abs(rounds[-1].removed - 0.4) < 0.03
+    assert 1 - _prunable_filter_counts(pruned, producers) / _prunable_filter_counts(model, producers) == rounds[-1].removed
+    for g in residual:
+        assert all(pruned.get_layer(name).filters == g.size for name in g.sources)
+    with pytest.raises(ConfigError, match="residual groups kept whole"):
+        prune_filters_iteratively(model, None, step=0.5, target=0.95, fine_tune_epochs=0, compile_model=None,
+                                  score=lambda m: {}, bn_batches=0, prune_residual=False)
 
 
 def test_concatenate_offsets_and_transpose_convolutions_in_unet():

@@ -80,7 +80,8 @@ def _cmd_prune(args) -> int:
     _, rows = prune_run(args.run_dir, args.out, step=args.step, target=args.target,
                         fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split=args.split,
                         criterion=args.criterion, scope=args.scope, learning_rate=args.lr,
-                        latency_threads=args.latency_threads, bn_batches=args.bn_batches)
+                        latency_threads=args.latency_threads, bn_batches=args.bn_batches,
+                        prune_residual=not args.keep_residual)
     keys = list(rows[0])
     print("\n" + " | ".join(keys))
     for row in rows:
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="layer", choices=("layer", "global"))
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
     p.add_argument("--latency-threads", type=int, default=1, help="LiteRT threads for per-round latency (0: skip)")
+    p.add_argument("--keep-residual", action="store_true",
+                   help="keep channels tied by residual additions whole; prune the layers inside the blocks")
     p.add_argument("--bn-batches", type=int, default=20,
                    help="training batches batch-norm statistics are re-estimated from after each step (0: don't)")
     p.set_defaults(func=_cmd_prune)

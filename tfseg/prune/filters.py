@@ -66,18 +66,24 @@ class FilterPruningPlan:
         return rows
 
 
-def filter_scores(model, graph: ChannelGraph, criterion: str = "l1") -> dict:
+def is_residual(group) -> bool:
+    """A group produced by several layers whose outputs are added (a residual chain)."""
+    return len(group.sources) > 1
+
+
+def filter_scores(model, graph: ChannelGraph, criterion: str = "l1", prune_residual: bool = True) -> dict:
     """Group id -> one importance score per channel, for every prunable group.
 
     A group produced by several convolutions (a residual chain) adds their scores, each divided by
-    its own mean so that every producer counts alike.
+    its own mean so that every producer counts alike. ``prune_residual=False`` leaves residual
+    groups out (kept whole).
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     bn_after = _batch_norm_after(model)
     scores = {}
     for group in graph.groups.values():
-        if not group.prunable:
+        if not group.prunable or (is_residual(group) and not prune_residual):
             continue
         total = np.zeros(group.size)
         for name in group.sources:
@@ -115,7 +121,7 @@ def _batch_norm_after(model) -> dict:
 
 def plan_filter_pruning(
     model, fraction: float, *, criterion: str = "l1", scope: str = "layer", min_channels: int = 1,
-    graph: ChannelGraph | None = None,
+    prune_residual: bool = True, graph: ChannelGraph | None = None,
 ) -> FilterPruningPlan:
     """Chooses the filters to remove.
 
@@ -126,6 +132,9 @@ def plan_filter_pruning(
       criterion: ``"l1"`` (Li et al.), ``"l2"`` or ``"bn_gamma"`` (network slimming's |gamma|).
       scope: ``"layer"`` or ``"global"``.
       min_channels: no group keeps fewer channels.
+      prune_residual: False keeps the channels tied by residual additions whole and prunes only
+        the layers inside the blocks, as Li et al. do for ResNets ("only the first layer of each
+        residual block"); ``fraction`` then applies to the other groups.
 
     Returns:
       A :class:`FilterPruningPlan`; ``apply_plan(model, plan)`` builds the pruned model.
@@ -138,7 +147,7 @@ def plan_filter_pruning(
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     graph = graph or analyse(model)
-    scores = filter_scores(model, graph, criterion)
+    scores = filter_scores(model, graph, criterion, prune_residual)
     keep = {gid: np.arange(group.size) for gid, group in graph.groups.items()}
     if scope == "layer":
         for gid, s in scores.items():
@@ -223,14 +232,16 @@ def apply_plan(model, plan: FilterPruningPlan):
                        name=model.name)
 
 
-def prune_filters(model, fraction: float, *, criterion: str = "l1", scope: str = "layer", min_channels: int = 1):
+def prune_filters(model, fraction: float, *, criterion: str = "l1", scope: str = "layer", min_channels: int = 1,
+                  prune_residual: bool = True):
     """Removes ``fraction`` of the filters by ``criterion`` and returns ``(smaller model, plan)``.
 
     Example:
       >>> pruned, plan = prune_filters(model, 0.5)           # half the filters of every prunable layer
       >>> print(plan.removed_fraction, pruned.count_params(), plan.unprunable())
     """
-    plan = plan_filter_pruning(model, fraction, criterion=criterion, scope=scope, min_channels=min_channels)
+    plan = plan_filter_pruning(model, fraction, criterion=criterion, scope=scope, min_channels=min_channels,
+                               prune_residual=prune_residual)
     return apply_plan(model, plan), plan
 
 

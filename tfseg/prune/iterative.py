@@ -18,7 +18,7 @@ from tfseg.batchnorm import batch_norm_layers, reestimate_batch_norm
 from tfseg.checkpoint import save_model, write_json
 from tfseg.errors import ConfigError
 from tfseg.prune.channels import analyse
-from tfseg.prune.filters import apply_plan, plan_filter_pruning
+from tfseg.prune.filters import apply_plan, is_residual, plan_filter_pruning
 
 
 @dataclasses.dataclass
@@ -70,6 +70,7 @@ def prune_filters_iteratively(
     fit_kwargs: dict | None = None,
     on_round: Callable[[PruningRound, object], None] | None = None,
     bn_batches: int = 20,
+    prune_residual: bool = True,
 ):
     """Prunes ``model`` round by round to ``target`` with fine-tuning in between.
 
@@ -84,7 +85,9 @@ def prune_filters_iteratively(
       score: ``score(pruned_model) -> dict`` of figures to record per round (round 0 = unpruned).
       teacher: if given, fine-tune by distillation from it (``tfseg.distill.Distiller``).
       distillation_losses: the Distiller's losses (default: pixel KD).
-      criterion, scope: see ``plan_filter_pruning``.
+      criterion, scope, prune_residual: see ``plan_filter_pruning``. With ``prune_residual=False``
+        the share removed still counts every prunable filter, residual ones included: the other
+        layers lose more to reach ``target``.
       out_dir: if given, each round's model (``round_XX.keras``), ``rounds.json`` and the plot
         ``pruning.png`` (figures vs. share removed) are written there as rounds finish.
       fit_kwargs: extra ``fit`` arguments (callbacks, verbose, steps_per_epoch).
@@ -98,7 +101,9 @@ def prune_filters_iteratively(
     Returns:
       (the final pruned model, list of PruningRound).
     """
-    producers = [name for g in analyse(model).groups.values() if g.prunable for name in g.sources]
+    groups = [g for g in analyse(model).groups.values() if g.prunable]
+    producers = [name for g in groups for name in g.sources]
+    allowed = [name for g in groups if prune_residual or not is_residual(g) for name in g.sources]
     original = _prunable_filter_counts(model, producers)
     rounds = [PruningRound(0, 0.0, model.count_params(), score(model))]
     _record(out_dir, rounds, model)
@@ -106,8 +111,13 @@ def prune_filters_iteratively(
         on_round(rounds[0], model)
     current, removed = model, 0.0
     for k, share in enumerate(round_targets(step, target), start=1):
-        fraction = 1.0 - (1.0 - share) / (1.0 - removed)
-        current = apply_plan(current, plan_filter_pruning(current, fraction, criterion=criterion, scope=scope))
+        # Filters still to remove this round, taken from the layers that may lose them.
+        fraction = (share - removed) * original / _prunable_filter_counts(current, allowed)
+        if fraction >= 1.0:
+            raise ConfigError(f"cannot remove {share:.0%} of the filters with the residual groups kept whole: "
+                              f"the other layers hold too few (lower target or allow prune_residual)")
+        current = apply_plan(current, plan_filter_pruning(current, fraction, criterion=criterion, scope=scope,
+                                                          prune_residual=prune_residual))
         removed = 1.0 - _prunable_filter_counts(current, producers) / original
         _refresh_batch_norm(current, train_data, bn_batches)
         if fine_tune_epochs:

@@ -36,6 +36,7 @@ def prune_run(
     learning_rate: float = 1e-4,
     latency_threads: int = 1,
     bn_batches: int = 20,
+    prune_residual: bool = True,
     verbose="auto",
 ):
     """Prunes a run's best model to ``target`` and records every round (see the module docstring).
@@ -43,7 +44,8 @@ def prune_run(
     Args:
       run_dir: a training (or distillation) run directory.
       out_dir: where the pruned run goes.
-      step, target, fine_tune_epochs, criterion, scope, bn_batches: see ``prune_filters_iteratively``.
+      step, target, fine_tune_epochs, criterion, scope, bn_batches, prune_residual: see
+        ``prune_filters_iteratively``.
       distill: fine-tune each round by pixel-wise distillation from the unpruned model.
       split: the split scored after each round (mIoU at the run's evaluation size).
       learning_rate: fine-tuning learning rate (Adam, constant).
@@ -90,7 +92,7 @@ def prune_run(
         model, train_data, step=step, target=target, fine_tune_epochs=fine_tune_epochs,
         compile_model=compile_model, score=score, teacher=model if distill else None,
         criterion=criterion, scope=scope, out_dir=out_dir, bn_batches=bn_batches,
-        fit_kwargs={"verbose": 2 if verbose == "auto" else verbose},
+        prune_residual=prune_residual, fit_kwargs={"verbose": 2 if verbose == "auto" else verbose},
     )
     out = Path(out_dir)
     save_model(final, out / "best.keras")
@@ -99,6 +101,7 @@ def prune_run(
         **record, "filter_pruned": True, "pruned_from": str(run_dir),
         "pruning": {"step": step, "target": target, "fine_tune_epochs": fine_tune_epochs, "distill": distill,
                     "criterion": criterion, "scope": scope, "learning_rate": learning_rate, "bn_batches": bn_batches,
+                    "prune_residual": prune_residual,
                     "seconds": round(time.time() - start, 1)},
         "rounds": rows, "num_params": final.count_params(),
     })
