@@ -76,12 +76,13 @@ def magnitude_experiment(run_dir: str, out_dir: str, sparsity: float, epochs: in
             "gzip_ratio": sparse_size["gzip_bytes"] / dense_size["gzip_bytes"]}
 
 
-def retime_rounds(run_dir: str, out_dir: str, threads, runs: int) -> list[dict]:
+def retime_rounds(run_dir: str, out_dir: str, threads, runs: int, passes: int = 3) -> list[dict]:
     """LiteRT latency of every saved round (float32 TFLite at the run's evaluation size, as the
-    pruning run times them), median of ``runs`` invokes.
+    pruning run times them): the lowest of ``passes`` medians of ``runs`` invokes.
 
-    The per-round latency of the pruning run is taken between trainings with 10 invokes; this
-    re-times the rounds one after another, so that they share one machine state.
+    The per-round latency of the pruning run is taken between trainings with 10 invokes. Here the
+    rounds are timed in turn, ``passes`` times over, so that a burst of load on a shared machine
+    hits one pass of every round rather than all of one round.
     """
     from tfseg.checkpoint import write_json
     from tfseg.prune.filters import rebuild_pruned
@@ -93,15 +94,20 @@ def retime_rounds(run_dir: str, out_dir: str, threads, runs: int) -> list[dict]:
     record = run_record(run_dir)
     size = tuple(record.get("eval_size") or record["crop_size"])
     rows = load_rounds(out_dir)
+    flatbuffers = []
     for row in rows:
         model = keras.models.load_model(Path(out_dir) / f"round_{row['round']:02d}.keras", compile=False)
-        sized = rebuild_pruned(record["model"], model, (*size, 3), **record["model_options"])
-        flatbuffer = to_tflite_bytes(sized)
+        flatbuffers.append(to_tflite_bytes(rebuild_pruned(record["model"], model, (*size, 3), **record["model_options"])))
+    medians = {(i, n): [] for i in range(len(rows)) for n in threads}
+    for _ in range(passes):
+        for i, flatbuffer in enumerate(flatbuffers):
+            for n in threads:
+                medians[i, n].append(litert_latency(flatbuffer, num_threads=n, runs=runs)["median_ms"])
+    for i, row in enumerate(rows):
         for n in threads:
-            row[f"latency_ms_{n}t"] = round(litert_latency(flatbuffer, num_threads=n, runs=runs)["median_ms"], 2)
-        print(f"round {row['round']}: " + ", ".join(f"{row[f'latency_ms_{n}t']} ms ({n} thread{'s' * (n > 1)})"
-                                                    for n in threads), flush=True)
-    write_json(Path(out_dir) / "latency.json", {"runs": runs, "threads": threads, "rounds": rows})
+            row[f"latency_ms_{n}t"] = round(min(medians[i, n]), 2)
+            row[f"latency_ms_{n}t_passes"] = [round(m, 2) for m in medians[i, n]]
+    write_json(Path(out_dir) / "latency.json", {"runs": runs, "passes": passes, "threads": threads, "rounds": rows})
     return rows
 
 
