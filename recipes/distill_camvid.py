@@ -71,7 +71,8 @@ def main(argv=None):
     from tfseg.distill.run import make_distillation_loss
 
     for variant in args.variants:  # a misspelt loss or option fails now, not after hours of training
-        [make_distillation_loss(spec) for spec in variant_specs(variant)]
+        for spec in variant_specs(variant):
+            make_distillation_loss(spec)
 
     teacher_miou = test_miou(Path(args.teacher), args.camvid)
     rows = []

@@ -52,26 +52,28 @@ def magnitude_experiment(run_dir: str, out_dir: str, sparsity: float, epochs: in
     pruned.fit(data, epochs=epochs, callbacks=pruning_callbacks(), verbose=2)
     sparse = strip(pruned)
 
-    def at_eval_size(m):
+    def at_eval_size(m):  # a copy with m's weights as they are now
         return rebuild(record["model"], m, (*EVAL_SIZE, 3), **record["model_options"])
 
-    def miou(m, split):
-        return float(evaluate(at_eval_size(m), split, image_size=EVAL_SIZE, batch_size=4, verbose=0)["miou"])
+    def miou(sized, split):
+        return float(evaluate(sized, split, image_size=EVAL_SIZE, batch_size=4, verbose=0)["miou"])
 
     # The masks keep changing until the last step, faster than the BN moving averages follow.
-    val_stale = miou(sparse, val)
+    val_stale = miou(at_eval_size(sparse), val)
     if bn_batches:
         reestimate_batch_norm(sparse, data, bn_batches)
     report = sparsity_report(sparse)
     print(format_sparsity(report))
     save_model(sparse, Path(out_dir) / "magnitude_sparse.keras")
-    dense_size, sparse_size = compressed_sizes(at_eval_size(model)), compressed_sizes(at_eval_size(sparse))
+    dense_full, sparse_full = at_eval_size(model), at_eval_size(sparse)
+    dense_size, sparse_size = compressed_sizes(dense_full), compressed_sizes(sparse_full)
     pruned_rows = [r for r in report if r["sparsity"] > 0]
     return {"sparsity": sparsity, "epochs": epochs, "learning_rate": learning_rate, "bn_batches": bn_batches,
             "pruned_kernel_sparsity": sum(r["weights"] * r["sparsity"] for r in pruned_rows)
             / max(sum(r["weights"] for r in pruned_rows), 1),
-            "val_miou_dense": miou(model, val), "val_miou_sparse_stale_bn": val_stale, "val_miou_sparse": miou(sparse, val),
-            "test_miou_dense": miou(model, test), "test_miou_sparse": miou(sparse, test),
+            "val_miou_dense": miou(dense_full, val), "val_miou_sparse_stale_bn": val_stale,
+            "val_miou_sparse": miou(sparse_full, val),
+            "test_miou_dense": miou(dense_full, test), "test_miou_sparse": miou(sparse_full, test),
             "gzip_bytes_dense": dense_size["gzip_bytes"], "gzip_bytes_sparse": sparse_size["gzip_bytes"],
             "gzip_ratio": sparse_size["gzip_bytes"] / dense_size["gzip_bytes"]}
 

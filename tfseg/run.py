@@ -15,6 +15,7 @@ from pathlib import Path
 from tfseg import data as seg_data
 from tfseg import models
 from tfseg._keras import keras
+from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import write_json
 from tfseg.data.info import DatasetInfo
 from tfseg.evaluate import LabelResolutionValidation, evaluate
@@ -210,7 +211,5 @@ def fine_tuning_loss(record: dict, num_classes: int):
     A calibrated run's classifier carries its logit adjustment; the loss subtracts it so that
     fine-tuning (pruning, QAT) does not train it away.
     """
-    from tfseg.calibrate import folded_logit_offset
-
     return make_loss(record.get("loss", "ce"), num_classes, record.get("class_weight_values"),
                      folded_logit_offset(record))

@@ -97,11 +97,11 @@ class Distiller(keras.Model):
         if not loss.needs_same_channels:
             return None
         teacher_channels = self._teacher_taps.output[loss.teacher_endpoint].shape[-1]
-        student_channels = self._student_taps.output[loss.student_endpoint].shape[-1]
-        if teacher_channels == student_channels:
+        student_shape = self._student_taps.output[loss.student_endpoint].shape
+        if teacher_channels == student_shape[-1]:
             return None
         adapter = taps.channel_adapter(teacher_channels, name=f"adapter_{index}_{loss.name}")
-        adapter.build(self._student_taps.output[loss.student_endpoint].shape)
+        adapter.build(student_shape)
         return adapter
 
     @property
