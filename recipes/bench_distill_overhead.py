@@ -10,7 +10,7 @@ and prints ``distill / (teacher + student)``. The issue's goal is at most 1.15. 
 (cost does not depend on them); CamVid-like crops of random pixels.
 
     python recipes/bench_distill_overhead.py                        # DeepLabV3-MNv2 -> fastseg_tiny, 288x384
-    python recipes/bench_distill_overhead.py --losses pixel_kd pairwise_kd cwd:pool_size=1 --steps 20
+    python recipes/bench_distill_overhead.py --losses pixel_kd pixel_kd+cwd cwd:pool_size=1 --steps 20
 
 Each --losses item is one Distiller: losses joined by '+', each with optional ``:KEY=VALUE,...``
 options (``tfseg.options.variant_specs``).
@@ -40,7 +40,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="deeplabv3_mobilenet_v2")
     parser.add_argument("--student", default="fastseg_tiny")
-    parser.add_argument("--losses", nargs="+", default=["pixel_kd", "pairwise_kd", "csc", "ace", "cwd"],
+    pairwise = "pairwise_kd:teacher_endpoint=decoder,student_endpoint=decoder"  # features: signs differ
+    parser.add_argument("--losses", nargs="+", default=["pixel_kd", pairwise, "csc", "ace", "cwd"],
                         help="Distillers to time, each losses of tfseg.distill.run.LOSSES joined by '+'")
     parser.add_argument("--size", default="288x384")
     parser.add_argument("--batch-size", type=int, default=8)

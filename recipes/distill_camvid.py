@@ -9,7 +9,7 @@ teacher's test mIoU. Finished variants are skipped, killed ones resume.
 
     python recipes/train_camvid_teacher.py                  # first: the teacher (runs/camvid/teacher)
     python recipes/distill_camvid.py                        # scratch, each loss alone, best combination
-    python recipes/distill_camvid.py --variants pixel_kd+cwd pixel_kd+pairwise_kd    # chosen combinations
+    python recipes/distill_camvid.py --variants pixel_kd+cwd pixel_kd+csc    # chosen combinations
     python recipes/distill_camvid.py --variants pixel_kd:temperature=1,alpha=0.5 --combine 0   # loss options
 
 A variant is ``scratch`` or losses of ``tfseg.distill.run.LOSSES`` trained together, joined by
@@ -29,7 +29,10 @@ from pathlib import Path
 from tfseg.options import size as parse_size
 from tfseg.options import variant_specs
 
-DEFAULT_VARIANTS = ["scratch", "pixel_kd", "pairwise_kd", "csc", "ace", "cwd"]
+# PairwiseKD's default taps ("features") pair MobileNetV2's signed linear bottleneck with the
+# student's ReLU features, which the Distiller refuses; both heads' "decoder" outputs are post-ReLU.
+PAIRWISE = "pairwise_kd:teacher_endpoint=decoder,student_endpoint=decoder"
+DEFAULT_VARIANTS = ["scratch", "pixel_kd", PAIRWISE, "csc", "ace", "cwd"]
 EVAL_SIZE = (360, 480)
 
 
@@ -68,12 +71,7 @@ def main(argv=None):
     parser.add_argument("--combine", type=int, default=2,
                         help="also train the K single losses with the best val mIoU together (0: no)")
     args = parser.parse_args(argv)
-    from tfseg.distill.run import make_distillation_loss
-
-    for variant in args.variants:  # a misspelt loss or option fails now, not after hours of training
-        for spec in variant_specs(variant):
-            make_distillation_loss(spec)
-
+    check_variants(args)
     teacher_miou = test_miou(Path(args.teacher), args.camvid)
     rows = []
     variants = [v.strip() for v in args.variants]
@@ -83,6 +81,21 @@ def main(argv=None):
     if combination and combination not in variants:
         rows.append(train_variant(combination, args))
     print_table(rows, teacher_miou, args)
+
+
+def check_variants(args) -> None:
+    """Builds each variant's Distiller once, so that a misspelt loss or option, or taps the
+    Distiller refuses, fail now rather than after hours of training."""
+    from tfseg import models
+    from tfseg.distill import Distiller
+    from tfseg.distill.run import make_distillation_loss
+    from tfseg.run import load_run
+
+    losses = {variant: [make_distillation_loss(spec) for spec in variant_specs(variant)] for variant in args.variants}
+    teacher, info = load_run(args.teacher, input_size=args.crop)
+    student = models.build(args.student, (*args.crop, 3), info.num_classes)
+    for variant_losses in losses.values():
+        Distiller(teacher, student, variant_losses)
 
 
 def best_combination(rows, k: int) -> str | None:

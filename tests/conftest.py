@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,12 @@ def train_tiny_run(run_dir: Path, num_images: int) -> Path:
     assert main(["train", "--model", "unet_small", "--crop-size", "32", "--epochs", "1", "--batch-size", "8",
                  "--no-augment", "--out", str(run_dir), *tiny_scenes_options(num_images)]) == 0
     return run_dir
+
+
+def load_recipe(name: str):
+    """A script of recipes/ imported as a module (recipes are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import tiny_scenes_options, train_tiny_run
+from conftest import load_recipe, tiny_scenes_options, train_tiny_run
 from tfseg.cli import main
 from tfseg.errors import ConfigError
 
@@ -69,3 +69,12 @@ def test_teacher_trained_on_other_classes_is_refused(teacher_run, tmp_path):
                            crop_size=(32, 32), epochs=1, augment=None, teacher_run=str(other))
     with pytest.raises(ConfigError, match="trained on classes"):
         distill_run(config, verbose=0)
+
+
+def test_ablation_recipe_refuses_taps_the_distiller_refuses_before_training(teacher_run, tmp_path):
+    recipe = load_recipe("distill_camvid")
+    out = tmp_path / "students"
+    with pytest.raises(ValueError, match="never negative"):
+        recipe.main(["--teacher", str(teacher_run), "--out", str(out), "--crop", "32x32",
+                     "--variants", "scratch", "pairwise_kd:teacher_endpoint=logits"])
+    assert not out.exists()

@@ -6,6 +6,7 @@ import pytest
 
 from tfseg import models
 from tfseg._keras import keras, tf
+from tfseg.distill import taps
 from tfseg.distill import (
     AdaptiveCrossEntropy,
     ChannelWiseKD,
@@ -116,6 +117,8 @@ def test_only_student_and_adapter_variables_train(pair):
         (lambda t, s: Distiller(t, t), ValueError, "same model"),
         (lambda t, s: Distiller(t, s, [PairwiseKD(teacher_endpoint="low_level")]), ValueError, "no endpoint 'low_level'"),
         (lambda t, s: Distiller(t, s, [PixelKD(), PixelKD()]), ValueError, "two distillation losses"),
+        # ReLU features cannot have the negative affinities of signed teacher logits.
+        (lambda t, s: Distiller(t, s, [PairwiseKD(teacher_endpoint="logits")]), ValueError, "never negative"),
         (lambda t, s: Distiller(t, s, ["pixel_kd"]), TypeError, "tfseg.distill.losses"),
         (lambda t, s: Distiller(t, models.build("fastseg_tiny", (32, 32, 3), CLASSES)), ValueError, "fixed sizes"),
     ],
@@ -124,6 +127,22 @@ def test_misconfigured_distiller_raises(pair, make, error, fragment):
     teacher, student = pair
     with pytest.raises(error, match=fragment):
         make(teacher, student)
+
+
+def test_sign_of_taps_is_read_through_identity_layers():
+    inputs = keras.Input((8, 8, 3))
+    relu_conv = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    pooled = keras.layers.MaxPooling2D()(relu_conv)
+    features = keras.layers.Activation("linear", name="features")(pooled)
+    decoder = keras.layers.Conv2D(4, 1, name="decoder")(features)  # a linear conv: can be negative
+    model = keras.Model(inputs, keras.layers.Add(name="sum")([decoder, features]))
+    assert taps.is_non_negative(model, "features")
+    assert not taps.is_non_negative(model, "decoder")
+    assert not taps.is_non_negative(model, "logits")
+    mobilenet = models.build("deeplabv3_mobilenet_v2", (*SIZE, 3), CLASSES)
+    # MobileNetV2's linear bottleneck is signed; DeepLab's ASPP projection ends in a ReLU.
+    assert not taps.is_non_negative(mobilenet, "features")
+    assert taps.is_non_negative(mobilenet, "decoder")
 
 
 def test_fit_before_compile_says_so(pair):

@@ -231,13 +231,9 @@ def test_missing_litert_says_how_to_install_it(monkeypatch):
 
 
 def test_model_table_recipe_writes_a_row_per_model_and_names_failures(tmp_path, capsys, monkeypatch):
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_recipe
 
-    path = Path(__file__).resolve().parents[1] / "recipes" / "model_table.py"
-    spec = importlib.util.spec_from_file_location("model_table", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("model_table")
     out = tmp_path / "models.md"
     # a builder that fails must give a visible row and footnote, not stop the table
     def broken_builder(input_shape, num_classes):

@@ -1,14 +1,10 @@
 """Text options of the CLI and recipes: sizes, option values, loss specs, ablation variants."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from conftest import load_recipe
 from tfseg.errors import ConfigError
 from tfseg.options import loss_spec, option_value, variant_specs
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_option_values_are_typed():
@@ -31,13 +27,6 @@ def test_variants_join_losses_with_plus_and_refuse_comma_lists():
         {"loss": "pixel_kd", "alpha": 0.5}, {"loss": "cwd", "pool_size": 1}]
     with pytest.raises(ConfigError, match="separate arguments"):
         variant_specs("pixel_kd,cwd")
-
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_distillation_recipe_checks_every_variant_before_training(tmp_path):

@@ -18,6 +18,7 @@ from typing import Sequence
 from tfseg._keras import keras, tf
 from tfseg.distill import taps
 from tfseg.distill.losses import DistillationLoss, PixelKD
+from tfseg.errors import ConfigError
 
 
 class Distiller(keras.Model):
@@ -293,6 +294,18 @@ def _check_losses(losses, teacher, student):
         # Fails here, with the model and what it has, rather than at the first step.
         taps.feature_extractor(teacher, [loss.teacher_endpoint], "teacher")
         taps.feature_extractor(student, [loss.student_endpoint], "student")
+        if loss.sign_sensitive:
+            _check_signs(loss, teacher, student)
+
+
+def _check_signs(loss, teacher, student):
+    if taps.is_non_negative(student, loss.student_endpoint) and not taps.is_non_negative(teacher, loss.teacher_endpoint):
+        raise ConfigError(
+            f"{type(loss).__name__} {loss.name!r}: the student {student.name!r}'s {loss.student_endpoint!r} is never "
+            f"negative (after a ReLU) but the teacher {teacher.name!r}'s {loss.teacher_endpoint!r} can be, so the "
+            "student cannot match the teacher's negative similarities and learns to switch its features off. "
+            "Tap a teacher layer after a ReLU (e.g. teacher_endpoint='decoder') or a student layer before one"
+        )
 
 
 # -------------------------------------------------------------------- pruning-wrapped students

@@ -43,6 +43,46 @@ def feature_extractor(model, names, role: str = "model"):
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
 
 
+# Activations whose output is never negative, and layers that keep "never negative" when all
+# their inputs are (identity-like, pooling, resizing, padding, joins of non-negative maps).
+_NON_NEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential"}
+_SIGN_KEEPING_LAYERS = {
+    "Dropout", "SpatialDropout2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D", "UpSampling2D", "Resizing", "ZeroPadding2D", "Cropping2D", "Reshape",
+    "Concatenate", "Add", "Multiply", "Maximum",
+}
+
+
+def _non_negative_layer(layer, depth: int = 0) -> bool:
+    unwrapped = getattr(layer, "layer", None) or layer  # TF-MOT's pruning and quantization wrappers
+    kind = type(unwrapped).__name__
+    if kind == "ReLU":
+        return float(unwrapped.negative_slope) == 0.0
+    activation = getattr(getattr(unwrapped, "activation", None), "__name__", None)  # Conv2D(activation=) too
+    if activation in _NON_NEGATIVE_ACTIVATIONS:
+        return True
+    if not (kind == "Activation" and activation == "linear") and kind not in _SIGN_KEEPING_LAYERS:
+        return False
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if depth > 50 or not nodes:
+        return False
+    parents = nodes[0].inbound_layers
+    parents = parents if isinstance(parents, (list, tuple)) else [parents]
+    return bool(parents) and all(_non_negative_layer(parent, depth + 1) for parent in parents)
+
+
+def is_non_negative(model, name: str) -> bool:
+    """True when endpoint ``name`` of ``model`` provably never outputs a negative value (e.g. a ReLU).
+
+    Found by walking back through sign-keeping layers (an identity ``Activation("linear")``,
+    pooling, resizing, joins) to an activation. ``False`` means "can be negative or unknown".
+    """
+    if name == OUTPUT:
+        return _non_negative_layer(model.layers[-1]) if model.outputs else False
+    found = endpoints(model)
+    return name in found and _non_negative_layer(found[name])
+
+
 def channel_adapter(channels: int, name: str):
     """The trainable 1x1 convolution mapping a student map to the teacher's channel count."""
     return keras.layers.Conv2D(channels, 1, name=name)

@@ -254,6 +254,9 @@ class DistillationLoss:
         Distiller's plain cross-entropy weight defaults to 0.
       spatial_only: True when the loss needs ``(B, H, W, C)`` maps; False when it also accepts
         ``(N, C)`` classification logits.
+      sign_sensitive: True when a student map that is never negative (a ReLU output) cannot match
+        a teacher map that can be (cosine affinities: the student's are all >= 0); the Distiller
+        then refuses such a pair of taps.
 
     Args:
       weight: factor the Distiller applies to the batch mean of this loss (>= 0).
@@ -272,6 +275,7 @@ class DistillationLoss:
     needs_same_channels = True
     replaces_student_loss = False
     spatial_only = True
+    sign_sensitive = False
 
     def __init__(
         self,
