@@ -145,6 +145,33 @@ def test_sign_of_taps_is_read_through_identity_layers():
     assert taps.is_non_negative(mobilenet, "decoder")
 
 
+def test_gradient_norms_weigh_each_term_and_leave_the_student_as_it_was(pair):
+    teacher, _ = pair
+    student = fresh_student()
+    distiller = Distiller(teacher, student, [
+        PairwiseKD(pool_size=2, teacher_endpoint="decoder", student_endpoint="decoder", weight=2.0),
+        CSCLoss(weight=0.0),
+    ])
+    distiller.compile(keras.optimizers.Adam(1e-3))
+    images, labels = next(iter(segmentation_data()))
+    before = all_weights(student)  # includes the BN moving statistics
+    norms = distiller.gradient_norms(images, labels)
+    for old, new in zip(before, all_weights(student)):
+        np.testing.assert_array_equal(old, new)
+    assert set(norms) == {"student_loss", "pairwise_kd", "csc"}
+    assert all(value == 0.0 for value in norms["csc"].values())  # weight 0
+    assert sum(norms["student_loss"].values()) > 0
+    # The pair-wise tap is the decoder: the classifier after it gets no pair-wise gradient.
+    classifier = student.get_layer("classifier").kernel.name
+    assert norms["pairwise_kd"][classifier] == 0.0 and norms["student_loss"][classifier] > 0
+    doubled = Distiller(teacher, student, [PairwiseKD(pool_size=2, teacher_endpoint="decoder",
+                                                      student_endpoint="decoder", weight=4.0)])
+    doubled.compile(keras.optimizers.Adam(1e-3))
+    fused = student.get_layer("dec_fuse_pw").kernel.name
+    assert doubled.gradient_norms(images, labels)["pairwise_kd"][fused] == pytest.approx(
+        2 * norms["pairwise_kd"][fused], rel=1e-4)
+
+
 def test_fit_before_compile_says_so(pair):
     teacher, student = pair
     with pytest.raises(RuntimeError, match="compile"):

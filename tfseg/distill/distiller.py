@@ -188,15 +188,19 @@ class Distiller(keras.Model):
         if self.student_loss_fn is None:
             raise RuntimeError("call distiller.compile(optimizer, ...) before fit() or evaluate()")
 
+    def _objectives(self, x, y):
+        """Student logits, per-sample student loss and distillation terms of one batch (student in training mode)."""
+        teacher_maps = self._teacher_taps(x, training=False) if self._teacher_taps is not None else {}
+        student_maps = self._student_taps(x, training=True)
+        logits = student_maps[taps.OUTPUT]
+        student_loss = self._per_sample_student_loss(y, logits)
+        return logits, student_loss, self._distillation_terms(teacher_maps, student_maps, y)
+
     def train_step(self, data):
         self._check_compiled()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_maps = self._teacher_taps(x, training=False) if self._teacher_taps is not None else {}
         with tf.GradientTape() as tape:
-            student_maps = self._student_taps(x, training=True)
-            logits = student_maps[taps.OUTPUT]
-            student_loss = self._per_sample_student_loss(y, logits)
-            terms = self._distillation_terms(teacher_maps, student_maps, y)
+            logits, student_loss, terms = self._objectives(x, y)
             per_sample = self.student_loss_weight * student_loss
             for loss in self.distillation_losses:
                 per_sample += loss.weight * terms[loss.name]
@@ -214,6 +218,35 @@ class Distiller(keras.Model):
         self._trackers["total_loss"].update_state(per_sample)
         self.compiled_metrics.update_state(y, logits, sample_weight)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def gradient_norms(self, x, y) -> dict:
+        """How hard each weighted term of the objective pulls on each trainable variable, on one batch.
+
+        A diagnostic for distillation that hurts: a term whose gradient dwarfs the student loss's
+        in some layers is rewriting those layers. Runs the training-mode forward pass of
+        ``train_step`` without applying anything; the student's batch-norm statistics are put back.
+
+        Returns:
+          ``{"student_loss" or loss name: {variable name: L2 norm of its gradient}}``, each term
+          weighted as in training (``student_loss_weight``, ``loss.weight``) and averaged over
+          the batch; 0.0 where a term does not reach a variable.
+        """
+        self._check_compiled()
+        state = [v.numpy() for v in self.student.non_trainable_variables]
+        with tf.GradientTape(persistent=True) as tape:
+            _, student_loss, terms = self._objectives(x, y)
+            parts = {"student_loss": self.student_loss_weight * tf.reduce_mean(student_loss)}
+            for loss in self.distillation_losses:
+                parts[loss.name] = loss.weight * tf.reduce_mean(terms[loss.name])
+        for variable, value in zip(self.student.non_trainable_variables, state):
+            variable.assign(value)
+        variables = self._trainable_variables()
+        norms = {}
+        for name, value in parts.items():
+            gradients = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            norms[name] = {v.name: float(tf.norm(g)) for v, g in zip(variables, gradients)}
+        del tape
+        return norms
 
     def test_step(self, data):
         self._check_compiled()
@@ -301,8 +334,8 @@ def _check_losses(losses, teacher, student):
 def _check_signs(loss, teacher, student):
     if taps.is_non_negative(student, loss.student_endpoint) and not taps.is_non_negative(teacher, loss.teacher_endpoint):
         raise ConfigError(
-            f"{type(loss).__name__} {loss.name!r}: the student {student.name!r}'s {loss.student_endpoint!r} is never "
-            f"negative (after a ReLU) but the teacher {teacher.name!r}'s {loss.teacher_endpoint!r} can be, so the "
+            f"{type(loss).__name__} {loss.name!r}: {loss.student_endpoint!r} of the student {student.name!r} is never "
+            f"negative (after a ReLU) but {loss.teacher_endpoint!r} of the teacher {teacher.name!r} can be, so the "
             "student cannot match the teacher's negative similarities and learns to switch its features off. "
             "Tap a teacher layer after a ReLU (e.g. teacher_endpoint='decoder') or a student layer before one"
         )
