@@ -17,7 +17,7 @@ def test_round_targets():
 
 
 def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, capsys):
-    from tfseg.run import load_run, train_run, TrainConfig
+    from tfseg.run import TrainConfig, build_model, load_run, train_run
 
     source = tmp_path / "run"
     # DeepLabV3 has a fixed input size: scoring at the evaluation size needs rebuild_pruned.
@@ -40,6 +40,23 @@ def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, caps
     assert pruned.output_shape == (None, 48, 64, info.num_classes)
     assert pruned.count_params() == rows[-1]["params"]
     assert main(["evaluate", str(out), "--split", "test", "--overlays", "0"]) == 0
+
+    # Recovery: a new run that starts from the pruned weights keeps the narrowed architecture.
+    data = ["--data-option", "num_images=8", "--data-option", "image_size=32x32"]
+    recovered = tmp_path / "recovered"
+    assert main(["train", "--init-from", str(out), "--crop-size", "32", "--eval-size", "48x64", "--epochs", "1",
+                 "--no-augment", "--out", str(recovered), *data]) == 0
+    record = json.loads((recovered / "run.json").read_text())
+    assert record["filter_pruned"] and record["init_from"] == str(out) and record["num_params"] == rows[-1]["params"]
+    model, _ = load_run(recovered, input_size=(48, 64))
+    assert model.count_params() == rows[-1]["params"]
+    start = build_model(TrainConfig(model=record["model"], model_options=record["model_options"], crop_size=(32, 32),
+                                    init_from=str(out)), info)
+    for got, want in zip(start.get_weights(), load_run(out, input_size=(32, 32))[0].get_weights()):
+        np.testing.assert_array_equal(got, want)  # the pruned weights, not a fresh initialisation
+    assert main(["train", "--init-from", str(out), "--model", "unet_small", "--crop-size", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "wrong"), *data]) == 2
+    assert "holds a 'deeplabv3_mobilenet_v2' model" in capsys.readouterr().err
 
 
 def test_each_round_re_estimates_batch_norm_statistics_on_the_training_batches():

@@ -43,8 +43,15 @@ def _add_data_args(p, default_dataset="scenes"):
 
 def _training_options(args) -> dict:
     """TrainConfig fields shared by ``train`` and ``distill``."""
+    model, model_options = args.model or args.default_model, {}
+    if args.init_from:  # the source run's architecture unless --model says otherwise (then it must match)
+        from tfseg.run import run_record
+
+        source = run_record(args.init_from)
+        model, model_options = args.model or source["model"], source.get("model_options") or {}
     options = dict(
-        out_dir=args.out, model=args.model, dataset=args.dataset, data_options=_data_options(args),
+        out_dir=args.out, model=model, model_options=model_options, dataset=args.dataset,
+        data_options=_data_options(args), init_from=args.init_from,
         crop_size=args.crop_size, eval_size=args.eval_size, batch_size=args.batch_size, epochs=args.epochs,
         loss=args.loss, class_weights=args.class_weights,
         class_weight_power=args.class_weight_power, optimizer=args.optimizer,
@@ -206,7 +213,10 @@ def _cmd_quickstart(args) -> int:
 
 
 def _add_training_args(p, default_model="unet_small"):
-    p.add_argument("--model", default=default_model)
+    p.add_argument("--model", help=f"zoo model (default: {default_model}, or the --init-from run's)")
+    p.set_defaults(default_model=default_model)
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="start from this run's best weights (e.g. a filter-pruned run) instead of a fresh model")
     p.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
     p.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
     _add_data_args(p)

@@ -18,6 +18,7 @@ from tfseg._keras import keras
 from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import write_json
 from tfseg.data.info import DatasetInfo
+from tfseg.errors import ConfigError
 from tfseg.evaluate import LabelResolutionValidation, evaluate
 from tfseg.losses import median_frequency_weights
 from tfseg.train import compile_for_segmentation, fit, make_loss, make_optimizer
@@ -52,6 +53,9 @@ class TrainConfig:
     schedule: str = "poly"
     augment: dict | None = dataclasses.field(default_factory=dict)  # Augment options; None: no augmentation
     seed: int = 0
+    # Start from this run's best weights instead of a fresh model (fine-tuning, recovery of a
+    # filter-pruned run); ``model``/``model_options`` must be the source run's.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -96,7 +100,7 @@ def prepare_run(config: TrainConfig) -> RunData:
         val_data = None
         scorers = [LabelResolutionValidation(
             val_split, eval_size, batch_size=config.batch_size,
-            rebuild=lambda m: models.rebuild(config.model, m, (*eval_size, 3), **config.model_options),
+            rebuild=lambda m: _rebuilder(config)(config.model, m, (*eval_size, 3), **config.model_options),
         )]
     else:
         # Validation inside fit() runs at the training input size (Keras metrics need equal shapes);
@@ -109,8 +113,42 @@ def prepare_run(config: TrainConfig) -> RunData:
 
 def build_model(config: TrainConfig, info: DatasetInfo):
     """``config.model`` at the crop size (DeepLabV3's image pooling needs a fixed input size;
-    evaluation at another size rebuilds it with the trained weights, see ``load_run``)."""
-    return models.build(config.model, (*config.crop_size, 3), info.num_classes, **config.model_options)
+    evaluation at another size rebuilds it with the trained weights, see ``load_run``), or the
+    best model of ``config.init_from`` at the crop size.
+
+    Raises:
+      ConfigError: ``init_from`` holds another model, other model options or other classes.
+    """
+    if not config.init_from:
+        return models.build(config.model, (*config.crop_size, 3), info.num_classes, **config.model_options)
+    source = run_record(config.init_from)
+    if (source["model"], source.get("model_options") or {}) != (config.model, config.model_options):
+        raise ConfigError(
+            f"init_from {config.init_from} holds a {source['model']!r} model with options "
+            f"{source.get('model_options') or {}}, but this run is for {config.model!r} with {config.model_options}"
+        )
+    model, source_info = load_run(config.init_from, input_size=config.crop_size)
+    if source_info.class_names != info.class_names:
+        raise ConfigError(f"init_from {config.init_from} was trained on {source_info.class_names}, "
+                          f"this run's data has {info.class_names}")
+    return model
+
+
+def inherited_record(config: TrainConfig) -> dict:
+    """What a run started from ``config.init_from`` takes over from its record: the narrowed
+    architecture of a filter-pruned source and the logit adjustment folded into its classifier."""
+    if not config.init_from:
+        return {}
+    source = run_record(config.init_from)
+    return {key: source[key] for key in ("filter_pruned", "logit_adjustment") if source.get(key)}
+
+
+def _rebuilder(config: TrainConfig):
+    if config.init_from and run_record(config.init_from).get("filter_pruned"):
+        from tfseg.prune.filters import rebuild_pruned  # lazy: tfseg.prune imports this module
+
+        return rebuild_pruned
+    return models.rebuild
 
 
 def fit_run(config: TrainConfig, run: RunData, model, record: dict, verbose="auto"):
@@ -146,10 +184,11 @@ def train_run(config: TrainConfig, verbose="auto"):
     """
     run = prepare_run(config)
     model = build_model(config, run.info)
+    inherited = inherited_record(config)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=run.total_steps)
-    compile_for_segmentation(model, run.info.num_classes, loss=config.loss, class_weights=run.class_weights,
-                             optimizer=optimizer)
-    return fit_run(config, run, model, {"num_params": model.count_params()}, verbose=verbose)
+    loss = make_loss(config.loss, run.info.num_classes, run.class_weights, folded_logit_offset(inherited))
+    compile_for_segmentation(model, run.info.num_classes, loss=loss, optimizer=optimizer)
+    return fit_run(config, run, model, {**inherited, "num_params": model.count_params()}, verbose=verbose)
 
 
 def load_run(run_dir, which: str = "best", input_size=None):
@@ -185,7 +224,6 @@ def load_run(run_dir, which: str = "best", input_size=None):
 
 def _load_qat_run(run_dir, which, input_size, record):
     """A quantization-aware run (``tfseg.quantize.run``) keeps HDF5 models of a fixed input size."""
-    from tfseg.errors import ConfigError
     from tfseg.quantize.qat import load_qat
 
     model = load_qat(Path(run_dir) / f"{which}.h5")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
+from tfseg.calibrate import folded_logit_offset
 from tfseg.distill import losses as kd_losses
 from tfseg.distill.distiller import Distiller
 from tfseg.errors import ConfigError
-from tfseg.run import TrainConfig, build_model, fit_run, load_run, prepare_run
+from tfseg.run import TrainConfig, build_model, fit_run, inherited_record, load_run, prepare_run
 from tfseg.train import check_output_classes, make_loss, make_optimizer, segmentation_metrics
 
 LOSSES = {
@@ -86,16 +87,18 @@ def distill_run(config: DistillConfig, verbose="auto"):
             f"but {config.dataset!r} has {run.info.class_names}"
         )
     student = build_model(config, run.info)
+    inherited = inherited_record(config)
     check_output_classes(student, run.info.num_classes)
     losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
     distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=run.total_steps)
     distiller.compile(
         optimizer,
-        loss=make_loss(config.loss, run.info.num_classes, run.class_weights),
+        loss=make_loss(config.loss, run.info.num_classes, run.class_weights, folded_logit_offset(inherited)),
         metrics=segmentation_metrics(run.info.num_classes),
     )
     record = {
+        **inherited,
         "num_params": student.count_params(),
         "teacher": {"run": str(config.teacher_run), "which": config.teacher_which, "model": teacher.name,
                     "num_params": teacher.count_params()},
