@@ -15,6 +15,12 @@ sparse model is kept as ``magnitude_sparse.keras`` in --out.
     python recipes/prune_camvid.py --distill                       # filter pruning of runs/camvid/teacher
     python recipes/prune_camvid.py --magnitude --skip-filters      # magnitude pruning only
     python recipes/prune_camvid.py --latency-only                  # re-time the saved rounds, 1 and 2 threads
+    python recipes/prune_camvid.py --skip-filters --recover-epochs 30   # then train the final round longer
+
+Recovery (``--recover-epochs``): the final pruned model trained for that many epochs more with the
+source run's own recipe (loss, class weights, crops, augmentation, poly schedule from
+--recover-lr), starting from its pruned weights (``TrainConfig.init_from``), into
+``<out>-recovered``; resumes if killed. Val picks the epoch; test mIoU at 360x480 is printed.
 """
 
 from __future__ import annotations
@@ -127,6 +133,26 @@ def print_rounds(rows, threads) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def recover(run_dir: str, pruned_dir: str, epochs: int, learning_rate: float) -> dict:
+    """Trains the final pruned model of ``pruned_dir`` further with ``run_dir``'s recipe; val and test mIoU."""
+    from tfseg import data as seg_data
+    from tfseg.evaluate import evaluate
+    from tfseg.run import TrainConfig, run_record, train_run
+
+    source = run_record(run_dir)
+    skip = {"out_dir", "epochs", "learning_rate", "schedule", "init_from"}
+    fields = {key: source[key] for key in TrainConfig.__dataclass_fields__ if key in source and key not in skip}
+    fields.update(crop_size=tuple(fields["crop_size"]), eval_size=tuple(fields["eval_size"]))
+    out = f"{pruned_dir.rstrip('/')}-recovered"
+    config = TrainConfig(**fields, out_dir=out, epochs=epochs, learning_rate=learning_rate, schedule="poly",
+                         init_from=pruned_dir)
+    best, _, val = train_run(config)
+    test = seg_data.load(config.dataset, "test", **config.data_options)
+    scores = evaluate(best, test, image_size=EVAL_SIZE, batch_size=4, out_dir=Path(out) / "eval" / "test", verbose=0)
+    return {"out": out, "epochs": epochs, "learning_rate": learning_rate, "val_miou": round(float(val["miou"]), 4),
+            "test_miou": round(float(scores["miou"]), 4), "params": best.count_params()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/camvid/teacher")
@@ -148,6 +174,9 @@ def main(argv=None):
                         help="re-time the saved rounds of --out (quiet machine) instead of pruning")
     parser.add_argument("--threads", type=lambda t: [int(n) for n in t.split(",")], default=[1, 2])
     parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--recover-epochs", type=int, default=0,
+                        help="then train the final pruned model this many epochs more (0: don't)")
+    parser.add_argument("--recover-lr", type=float, default=1e-3, help="peak learning rate of the recovery (poly)")
     args = parser.parse_args(argv)
 
     if args.latency_only:
@@ -168,6 +197,8 @@ def main(argv=None):
                                       args.bn_batches)
         print(json.dumps(result, indent=1))
         write_json(Path(args.out) / "magnitude.json", result)
+    if args.recover_epochs:
+        print(json.dumps(recover(args.run, args.out, args.recover_epochs, args.recover_lr), indent=1))
 
 
 if __name__ == "__main__":
