@@ -21,7 +21,7 @@ from tfseg.errors import ConfigError
 from tfseg.losses import SegmentationCrossEntropy
 from tfseg.quantize import configs, quantization_plan, quantize_aware
 from tfseg.quantize.ptq import representative_images
-from tfseg.quantize.qat import calibrate_ranges, is_quantization_aware, load_qat, save_qat
+from tfseg.quantize.qat import _check_input_order, calibrate_ranges, is_quantization_aware, load_qat, save_qat
 from tfseg.tflite import run_tflite, tflite_ops, to_tflite_bytes
 
 layers = keras.layers
@@ -156,6 +156,29 @@ def test_known_ranges_and_calibration_make_qat_agree_before_any_step():
     assert agreement(qat.predict(test, verbose=0), model.predict(test, verbose=0)) > 0.9
     activations = [w for w in qat.weights if w.name.endswith(("/output_min:0", "/post_activation_min:0"))]
     assert calibrate_ranges(qat, model, x[:2]) == len(activations) > 30  # every activation range, once
+
+
+def _concatenating_model(first: str, second: str):
+    inputs = keras.Input((16, 16, 3), name="image")
+    branches = {name: keras.layers.Conv2D(4, 1, name=name)(inputs) for name in ("b", "c")}
+    joined = keras.layers.Concatenate(name="cat")([branches[first], branches[second]])
+    return keras.Model(inputs, keras.layers.Conv2D(3, 1, name="head")(joined))
+
+
+def test_concatenated_inputs_keep_their_order_through_quantize_apply():
+    # TF-MOT's graph transforms put the ASPP's image-pooling branch first in its concatenation
+    # (tensorflow/model-optimization#1179), so the projection read permuted channels.
+    keras.utils.set_random_seed(0)
+    model = models.build("deeplabv3_mobilenet_v2", (*SIZE, 3), 3, alpha=0.35, aspp_filters=8)
+    x = images(count=4)
+    qat = quantize_aware(model, calibration_data=x)
+    inbound = qat.get_layer("quant_aspp_concat")._inbound_nodes[0].inbound_layers
+    want = [layer.name for layer in model.get_layer("aspp_concat")._inbound_nodes[0].inbound_layers]
+    assert [layer.name for layer in inbound] == [f"quant_{name}" for name in want]
+    want, got = model.predict(x, verbose=0), qat.predict(x, verbose=0)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.2  # int8 rounding, not a permutation
+    with pytest.raises(RuntimeError, match="rewired the inputs of 'cat'"):
+        _check_input_order(_concatenating_model("c", "b"), _concatenating_model("b", "c"))
 
 
 def _family_params():
