@@ -188,9 +188,11 @@ class Distiller(keras.Model):
         if self.student_loss_fn is None:
             raise RuntimeError("call distiller.compile(optimizer, ...) before fit() or evaluate()")
 
-    def _objectives(self, x, y):
+    def _teacher_maps(self, x):
+        return self._teacher_taps(x, training=False) if self._teacher_taps is not None else {}
+
+    def _objectives(self, x, y, teacher_maps):
         """Student logits, per-sample student loss and distillation terms of one batch (student in training mode)."""
-        teacher_maps = self._teacher_taps(x, training=False) if self._teacher_taps is not None else {}
         student_maps = self._student_taps(x, training=True)
         logits = student_maps[taps.OUTPUT]
         student_loss = self._per_sample_student_loss(y, logits)
@@ -199,8 +201,9 @@ class Distiller(keras.Model):
     def train_step(self, data):
         self._check_compiled()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_maps = self._teacher_maps(x)  # outside the tape: nothing of the teacher is differentiated
         with tf.GradientTape() as tape:
-            logits, student_loss, terms = self._objectives(x, y)
+            logits, student_loss, terms = self._objectives(x, y, teacher_maps)
             per_sample = self.student_loss_weight * student_loss
             for loss in self.distillation_losses:
                 per_sample += loss.weight * terms[loss.name]
@@ -233,8 +236,9 @@ class Distiller(keras.Model):
         """
         self._check_compiled()
         state = [v.numpy() for v in self.student.non_trainable_variables]
+        teacher_maps = self._teacher_maps(x)
         with tf.GradientTape(persistent=True) as tape:
-            _, student_loss, terms = self._objectives(x, y)
+            _, student_loss, terms = self._objectives(x, y, teacher_maps)
             parts = {"student_loss": self.student_loss_weight * tf.reduce_mean(student_loss)}
             for loss in self.distillation_losses:
                 parts[loss.name] = loss.weight * tf.reduce_mean(terms[loss.name])
