@@ -9,7 +9,7 @@ resize when the strides differ.
 from __future__ import annotations
 
 from tfseg._keras import keras, tf
-from tfseg.models.common import endpoints
+from tfseg.models.common import endpoints, input_layers
 
 OUTPUT = "logits"  # always the model's output, even for models without named endpoints
 
@@ -63,12 +63,10 @@ def _non_negative_layer(layer, depth: int = 0) -> bool:
         return True
     if not (kind == "Activation" and activation == "linear") and kind not in _SIGN_KEEPING_LAYERS:
         return False
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if depth > 50 or not nodes:
+    parents = input_layers(layer)
+    if depth > 50 or not parents:
         return False
-    parents = nodes[0].inbound_layers
-    parents = parents if isinstance(parents, (list, tuple)) else [parents]
-    return bool(parents) and all(_non_negative_layer(parent, depth + 1) for parent in parents)
+    return all(_non_negative_layer(parent, depth + 1) for parent in parents)
 
 
 def is_non_negative(model, name: str) -> bool:

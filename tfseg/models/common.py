@@ -60,6 +60,15 @@ def unwrapped_name(layer_name: str) -> str:
     return layer_name
 
 
+def input_layers(layer) -> list:
+    """The layers feeding ``layer`` at its first call, in the order it takes them ([] for an input)."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if not nodes:
+        return []
+    inputs = nodes[0].inbound_layers
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
 def endpoints(model) -> dict:
     """``{endpoint name: layer}`` for the endpoints a model has (see ``ENDPOINT_NAMES``).
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
+from tfseg.models.common import input_layers
 
 layers = keras.layers
 
@@ -118,14 +119,10 @@ def folds_into_producer(layer) -> bool:
     BN is its only consumer: the patterns of TF-MOT's Conv2DBatchNormQuantize and
     DenseBatchNormQuantize transforms.
     """
-    nodes = getattr(layer, "inbound_nodes", None) or []
-    if not nodes:
+    producers = input_layers(layer)
+    if len(producers) != 1:
         return False
-    producer = nodes[0].inbound_layers
-    if isinstance(producer, (list, tuple)):
-        if len(producer) != 1:
-            return False
-        producer = producer[0]
+    producer = producers[0]
     return (
         type(producer).__name__ in _BN_PRODUCERS
         and producer.get_config().get("activation", "linear") == "linear"

@@ -28,6 +28,7 @@ import numpy as np
 from tfseg._keras import keras, tf
 from tfseg.checkpoint import atomic_write, deployable
 from tfseg.errors import ConfigError
+from tfseg.models.common import input_layers, unwrapped_name
 from tfseg.quantize import configs
 
 # Class names of the layers TF-MOT puts in a quantization-aware model (checked by name, so that
@@ -257,16 +258,12 @@ def _inputs_kept_in_order():
 
 
 def _input_names(layer) -> list:
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if not nodes:
-        return []
-    inputs = nodes[0].inbound_layers
-    return [parent.name.removeprefix("quant_") for parent in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    return [unwrapped_name(parent.name) for parent in input_layers(layer)]
 
 
 def _check_input_order(model, qat):
     """Raises if a multi-input layer of the QAT model takes its inputs in another order than in ``model``."""
-    quantized = {layer.name.removeprefix("quant_"): layer for layer in qat.layers}
+    quantized = {unwrapped_name(layer.name): layer for layer in qat.layers}
     for layer in model.layers:
         want = _input_names(layer)
         if len(want) < 2 or layer.name not in quantized:
