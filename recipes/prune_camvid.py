@@ -139,13 +139,9 @@ def recover(run_dir: str, pruned_dir: str, epochs: int, learning_rate: float) ->
     from tfseg.evaluate import evaluate
     from tfseg.run import TrainConfig, run_record, train_run
 
-    source = run_record(run_dir)
-    skip = {"out_dir", "epochs", "learning_rate", "schedule", "init_from"}
-    fields = {key: source[key] for key in TrainConfig.__dataclass_fields__ if key in source and key not in skip}
-    fields.update(crop_size=tuple(fields["crop_size"]), eval_size=tuple(fields["eval_size"]))
     out = f"{pruned_dir.rstrip('/')}-recovered"
-    config = TrainConfig(**fields, out_dir=out, epochs=epochs, learning_rate=learning_rate, schedule="poly",
-                         init_from=pruned_dir)
+    config = TrainConfig.from_record(run_record(run_dir), out_dir=out, epochs=epochs, learning_rate=learning_rate,
+                                     schedule="poly", init_from=pruned_dir)
     best, _, val = train_run(config)
     test = seg_data.load(config.dataset, "test", **config.data_options)
     scores = evaluate(best, test, image_size=EVAL_SIZE, batch_size=4, out_dir=Path(out) / "eval" / "test", verbose=0)

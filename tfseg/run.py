@@ -57,6 +57,16 @@ class TrainConfig:
     # filter-pruned run); ``model``/``model_options`` must be the source run's.
     init_from: str | None = None
 
+    @classmethod
+    def from_record(cls, record: dict, **overrides):
+        """The configuration a run's ``run.json`` records (what ``to_dict`` wrote), with ``overrides``."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in record.items() if key in names} | overrides
+        for key in ("crop_size", "eval_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["crop_size"] = list(self.crop_size)
@@ -98,9 +108,10 @@ def prepare_run(config: TrainConfig) -> RunData:
     eval_size = tuple(config.eval_size or config.crop_size)
     if config.eval_size:
         val_data = None
+        rebuild = _rebuilder(config)
         scorers = [LabelResolutionValidation(
             val_split, eval_size, batch_size=config.batch_size,
-            rebuild=lambda m: _rebuilder(config)(config.model, m, (*eval_size, 3), **config.model_options),
+            rebuild=lambda m: rebuild(config.model, m, (*eval_size, 3), **config.model_options),
         )]
     else:
         # Validation inside fit() runs at the training input size (Keras metrics need equal shapes);

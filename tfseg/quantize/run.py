@@ -73,16 +73,14 @@ class QATConfig:
 def _train_config(config: QATConfig, record: dict, size):
     from tfseg.run import TrainConfig
 
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    base = {key: value for key, value in record.items() if key in fields}
-    base.update(
+    overrides = dict(
         out_dir=config.out_dir, crop_size=tuple(size), eval_size=tuple(size), epochs=config.epochs,
         learning_rate=config.learning_rate, schedule="cosine", seed=config.seed,
         batch_size=config.batch_size or record.get("batch_size", 8),
     )
     if not config.augment:
-        base["augment"] = None
-    return TrainConfig(**base)
+        overrides["augment"] = None
+    return TrainConfig.from_record(record, **overrides)
 
 
 def qat_run(config: QATConfig, verbose="auto"):
