@@ -139,7 +139,7 @@ def _scheme(preserve_sparsity: bool):
 
     if preserve_sparsity:
         return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    return configs.QuantizeScheme()  # TF-MOT's, with per-channel depthwise kernels
 
 
 def _warn_unpreserved_sparsity(model, plan):
