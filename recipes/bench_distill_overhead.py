@@ -1,12 +1,15 @@
 """What does distillation cost per step beyond running the teacher and training the student?
 
-In one process, on the same batches, it times (median over --steps, after warm-up):
+In one process, on the same batches, it times:
 
 - the teacher's forward pass alone (inference mode, as the Distiller runs it);
 - a plain student training step (the student compiled and fitted on its own);
 - a Distiller step with the given losses;
 
-and prints ``distill / (teacher + student)``. The issue's goal is at most 1.15. Random weights
+interleaved: each of --steps rounds runs every one of them once on the same batch, so a slow
+spell of the machine (other jobs, frequency changes) hits all of them alike. Per Distiller it
+prints the median over rounds of ``distill / (teacher + student)`` of the same round, with the
+spread of those ratios (the issue's goal is at most 1.15), and the median times. Random weights
 (cost does not depend on them); CamVid-like crops of random pixels.
 
     python recipes/bench_distill_overhead.py                        # DeepLabV3-MNv2 -> fastseg_tiny, 288x384
@@ -24,16 +27,17 @@ import statistics
 import time
 
 
-def timed_steps(step, batches, warmup: int) -> float:
-    """Median seconds of ``step(batch)`` over ``batches`` after ``warmup`` calls."""
-    for batch in batches[:warmup]:
-        step(batch)
-    times = []
-    for batch in batches[warmup:]:
-        start = time.perf_counter()
-        step(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_times(steps: dict, batches, warmup: int) -> dict:
+    """``{name: [seconds per round]}``: each round calls every ``steps[name](batch)`` once on the
+    same batch; the first ``warmup`` rounds (tracing, allocation) are not timed."""
+    times = {name: [] for name in steps}
+    for round_index, batch in enumerate(batches):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batch)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(argv=None):
@@ -66,12 +70,11 @@ def main(argv=None):
         (tf.constant(rng.uniform(0, 255, (args.batch_size, *shape)).astype("float32")),
          tf.constant(rng.integers(0, args.classes, (args.batch_size, height, width)).astype("int32")))
         for _ in range(args.warmup + args.steps)
-    ]
+    ]  # one per round
     teacher = models.build(args.teacher, shape, args.classes)
     student = models.build(args.student, shape, args.classes)
 
     teacher_forward = tf.function(lambda x: teacher(x, training=False))
-    t_teacher = timed_steps(lambda b: teacher_forward(b[0]).numpy(), batches, args.warmup)
 
     def train_step(model):
         # What fit() runs per batch (one device), without its data-iterator machinery.
@@ -79,23 +82,39 @@ def main(argv=None):
         return lambda batch: {key: value.numpy() for key, value in step(batch).items()}
 
     compile_for_segmentation(student, args.classes)
-    t_student = timed_steps(train_step(student), batches, args.warmup)
-
-    results = {"teacher_forward_s": t_teacher, "student_train_step_s": t_student}
+    steps = {"teacher": lambda b: teacher_forward(b[0]).numpy(), "student": train_step(student)}
     for spec in args.losses:
         distiller = Distiller(teacher, models.build(args.student, shape, args.classes),
                               [make_distillation_loss(loss) for loss in variant_specs(spec)])
         distiller.compile(keras.optimizers.Adam(1e-3))
-        t = timed_steps(train_step(distiller), batches, args.warmup)
-        results[f"distill_step_s[{spec}]"] = t
-        results[f"ratio[{spec}]"] = t / (t_teacher + t_student)
+        steps[spec] = train_step(distiller)
+    times = interleaved_times(steps, batches, args.warmup)
 
-    print(json.dumps({k: round(v, 4) for k, v in results.items()}, indent=1))
-    print(f"{args.teacher} -> {args.student}, {args.size}, batch {args.batch_size}: teacher forward "
-          f"{1000 * t_teacher:.0f} ms + student step {1000 * t_student:.0f} ms")
+    baseline = [t + s for t, s in zip(times["teacher"], times["student"])]
+    results = {"teacher_forward_s": statistics.median(times["teacher"]),
+               "student_train_step_s": statistics.median(times["student"])}
     for spec in args.losses:
+        ratios = sorted(d / b for d, b in zip(times[spec], baseline))
+        results[f"distill_step_s[{spec}]"] = statistics.median(times[spec])
+        results[f"ratio[{spec}]"] = statistics.median(ratios)
+        results[f"ratio_iqr[{spec}]"] = _quartiles(ratios)
+
+    print(json.dumps(results, indent=1, default=lambda v: round(v, 4)))
+    print(f"{args.teacher} -> {args.student}, {args.size}, batch {args.batch_size}, {args.steps} interleaved rounds: "
+          f"teacher forward {1000 * results['teacher_forward_s']:.0f} ms + student step "
+          f"{1000 * results['student_train_step_s']:.0f} ms (medians)")
+    for spec in args.losses:
+        low, high = results[f"ratio_iqr[{spec}]"]
         print(f"  {spec:>28}: distill step {1000 * results[f'distill_step_s[{spec}]']:.0f} ms, "
-              f"ratio {results[f'ratio[{spec}]']:.3f} (goal <= 1.15)")
+              f"ratio {results[f'ratio[{spec}]']:.3f} (quartiles {low:.3f}-{high:.3f}; goal <= 1.15)")
+
+
+def _quartiles(values) -> list:
+    """First and third quartile of ``values`` (a list of two floats)."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return [quartiles[0], quartiles[2]]
 
 
 if __name__ == "__main__":

@@ -78,3 +78,19 @@ def test_ablation_recipe_refuses_taps_the_distiller_refuses_before_training(teac
         recipe.main(["--teacher", str(teacher_run), "--out", str(out), "--crop", "32x32",
                      "--variants", "scratch", "pairwise_kd:teacher_endpoint=logits"])
     assert not out.exists()
+
+
+def test_overhead_bench_interleaves_every_step_on_each_batch(capsys):
+    bench = load_recipe("bench_distill_overhead")
+    calls = []
+    times = bench.interleaved_times({"a": lambda b: calls.append(("a", b)), "b": lambda b: calls.append(("b", b))},
+                                    [0, 1, 2], warmup=1)
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert [len(v) for v in times.values()] == [2, 2]  # the warm-up round is not timed
+    bench.main(["--teacher", "unet_small", "--student", "fastseg_tiny", "--size", "32x32", "--batch-size", "2",
+                "--classes", "3", "--steps", "3", "--warmup", "1", "--losses", "cwd"])
+    out = capsys.readouterr().out
+    results = json.loads(out[:out.index("}") + 1])
+    assert set(results) >= {"ratio[cwd]", "teacher_forward_s", "student_train_step_s"}
+    low, high = results["ratio_iqr[cwd]"]
+    assert 0 < low <= results["ratio[cwd]"] <= high
