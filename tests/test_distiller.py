@@ -139,6 +139,11 @@ def test_sign_of_taps_is_read_through_identity_layers():
     assert taps.is_non_negative(model, "features")
     assert not taps.is_non_negative(model, "decoder")
     assert not taps.is_non_negative(model, "logits")
+    # "logits" is the first output, read from the layer that made it (not model.layers[-1]).
+    relu_out = keras.layers.ReLU(name="out")(decoder)
+    aux = keras.layers.Conv2D(4, 1, name="aux")(features)
+    assert taps.is_non_negative(keras.Model(inputs, [relu_out, aux]), "logits")
+    assert not taps.is_non_negative(keras.Model(inputs, [aux, relu_out]), "logits")
     mobilenet = models.build("deeplabv3_mobilenet_v2", (*SIZE, 3), CLASSES)
     # MobileNetV2's linear bottleneck is signed; DeepLab's ASPP projection ends in a ReLU.
     assert not taps.is_non_negative(mobilenet, "features")

@@ -76,7 +76,8 @@ def is_non_negative(model, name: str) -> bool:
     pooling, resizing, joins) to an activation. ``False`` means "can be negative or unknown".
     """
     if name == OUTPUT:
-        return _non_negative_layer(model.layers[-1]) if model.outputs else False
+        # the layer that made the output (model.layers is in creation order, not graph order)
+        return _non_negative_layer(model.outputs[0]._keras_history.layer) if model.outputs else False
     found = endpoints(model)
     return name in found and _non_negative_layer(found[name])
 
