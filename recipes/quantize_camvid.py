@@ -69,7 +69,8 @@ def qat_model(role: str, run: str, args, teacher_run: str | None = None):
         return load_run(out, "best")[0]
     config = QATConfig(run_dir=run, out_dir=str(out), epochs=args.qat_epochs, learning_rate=args.qat_lr,
                        batch_size=args.qat_batch_size, image_size=args.size, teacher_run=teacher_run,
-                       calibration_images=args.qat_calibration_images, seed=args.seed)
+                       calibration_images=args.qat_calibration_images, freeze_batch_norm=args.qat_freeze_bn,
+                       seed=args.seed)
     start = time.time()
     model, _, scores = qat_run(config, verbose=2)
     print(f"{name}: fine-tuned in {time.time() - start:.0f} s, val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
@@ -194,6 +195,7 @@ def main(argv=None):
     parser.add_argument("--qat-lr", type=float, default=1e-4)
     parser.add_argument("--qat-batch-size", type=int, help="default: each run's batch size")
     parser.add_argument("--qat-calibration-images", type=int, default=32, help="images QAT ranges start from")
+    parser.add_argument("--qat-freeze-bn", action="store_true", help="QAT/QKD keep the BN statistics as trained")
     parser.add_argument("--retrain", action="store_true", help="fine-tune again even if a QAT run has finished")
     parser.add_argument("--threads", type=lambda t: [int(n) for n in t.split(",")], default=[1, 2])
     parser.add_argument("--runs", type=int, default=20, help="timed LiteRT invocations per file")

@@ -22,7 +22,7 @@ from tfseg.losses import SegmentationCrossEntropy
 from tfseg.quantize import configs, quantization_plan, quantize_aware
 from tfseg.quantize import qat as qat_module
 from tfseg.quantize.ptq import representative_images
-from tfseg.quantize.qat import _check_input_order, calibrate_ranges, is_quantization_aware, load_qat, save_qat
+from tfseg.quantize.qat import _check_input_order, calibrate_ranges, freeze_batch_norm, is_quantization_aware, load_qat, save_qat
 from tfseg.tflite import run_tflite, tflite_ops, to_tflite_bytes
 
 layers = keras.layers
@@ -225,6 +225,25 @@ def test_depthwise_kernels_are_quantized_per_channel(monkeypatch, tmp_path):
     # The quantizer survives an HDF5 round trip (it is a custom object of load_qat).
     loaded = load_qat(save_qat(qat, tmp_path / "dw.h5"))
     np.testing.assert_allclose(loaded.predict(x[:2], verbose=0), qat.predict(x[:2], verbose=0), atol=1e-5)
+
+
+def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning():
+    # Frozen statistics; gamma and beta still train (TF-MOT's wrapper keeps them trainable).
+    keras.utils.set_random_seed(0)
+    model = _depthwise_model(np.ones(8))
+    x = images(count=8)
+    qat = quantize_aware(model, calibration_data=x)
+    assert freeze_batch_norm(qat) == 2
+    frozen = {w.name: w.numpy() for layer in qat.layers if "bn" in layer.name for w in layer.weights
+              if w.name.split("/")[-1].startswith(("moving_mean", "moving_variance"))}
+    assert len(frozen) == 4
+    (kernel,) = [w for w in qat.get_layer("quant_dw").weights if w.name.endswith("/depthwise_kernel:0")]
+    before = kernel.numpy()
+    fit_briefly(qat, x, labels_of(model, x), learning_rate=1e-2)
+    for w in qat.weights:
+        if w.name in frozen:
+            np.testing.assert_array_equal(w.numpy(), frozen[w.name], err_msg=w.name)
+    assert not np.allclose(kernel.numpy(), before)  # the weights still train
 
 
 def _family_params():

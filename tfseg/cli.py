@@ -104,7 +104,8 @@ def _cmd_quantize(args) -> int:
     config = QATConfig(run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs,
                        learning_rate=args.lr, batch_size=args.batch_size, image_size=args.image_size,
                        preserve_sparsity=args.preserve_sparsity, teacher_run=args.teacher, losses=losses,
-                       augment=not args.no_augment, calibration_images=args.calibration_images, seed=args.seed)
+                       augment=not args.no_augment, calibration_images=args.calibration_images,
+                       freeze_batch_norm=args.freeze_bn, seed=args.seed)
     _, _, scores = qat_run(config)
     print(f"\nquantization-aware val mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out} "
           f"(next: tfseg export {args.out} --out MODEL.tflite)")
@@ -293,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--no-augment", action="store_true")
     qz.add_argument("--calibration-images", type=int, default=32,
                     help="training images the activation ranges start from (0: TF-MOT's [-6, 6])")
+    qz.add_argument("--freeze-bn", action="store_true",
+                    help="keep the BatchNormalization statistics as trained (weights and ranges still adapt)")
     qz.add_argument("--seed", type=int, default=0)
     qz.set_defaults(func=_cmd_quantize)
 

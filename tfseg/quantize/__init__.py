@@ -15,6 +15,7 @@ TF-MOT is imported only when a model is made quantization-aware or loaded.
 from tfseg.quantize.ptq import PTQ_MODES, post_training_quantize, representative_images
 from tfseg.quantize.qat import (
     calibrate_ranges,
+    freeze_batch_norm,
     is_quantization_aware,
     load_qat,
     quantization_plan,
@@ -27,6 +28,7 @@ __all__ = [
     "PTQ_MODES",
     "QATConfig",
     "calibrate_ranges",
+    "freeze_batch_norm",
     "is_quantization_aware",
     "load_qat",
     "post_training_quantize",

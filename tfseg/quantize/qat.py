@@ -287,6 +287,23 @@ def _init_weight_ranges(qat):
             quantizer(weight, True, variables)  # LastValueQuantizer: assigns this weight's range
 
 
+def freeze_batch_norm(qat) -> int:
+    """Makes every BatchNormalization of a QAT model normalise with its moving statistics, also
+    inside ``fit``, and stop updating them; gamma and beta still train.
+
+    Fine-tuning then adapts the weights and ranges to int8 around the trained statistics instead
+    of re-estimating them from a few hundred small batches (Jacob et al., CVPR 2018, freeze the
+    statistics late in QAT). Call before ``compile``. Returns the number of layers frozen.
+    """
+    count = 0
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", layer)  # TF-MOT's QuantizeWrapper passes ``training`` on
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False  # a non-trainable Keras BN always uses its moving statistics
+            count += 1
+    return count
+
+
 def _range_variables(layer) -> dict:
     """``{kind: (min_var, max_var)}`` of a QAT layer's activation ranges (not its weights')."""
     found = {}
@@ -510,6 +527,7 @@ __all__ = [
     "QAT_SUFFIXES",
     "calibrate_ranges",
     "custom_objects",
+    "freeze_batch_norm",
     "is_quantization_aware",
     "load_qat",
     "quantization_plan",

@@ -21,7 +21,7 @@ from tfseg._keras import keras
 from tfseg.checkpoint import BestModelCheckpoint, write_json
 from tfseg.errors import ConfigError
 from tfseg.quantize.ptq import representative_images
-from tfseg.quantize.qat import quantize_aware, save_qat
+from tfseg.quantize.qat import freeze_batch_norm, quantize_aware, save_qat
 
 QAT_RECORD_KEY = "qat"
 
@@ -47,6 +47,8 @@ class QATConfig:
       augment: use the run's augmentation (else plain resizing).
       calibration_images: training images the activation ranges start from
         (``calibrate_ranges``); 0 leaves TF-MOT's [-6, 6].
+      freeze_batch_norm: every BatchNormalization normalises with its trained statistics and
+        keeps them (``freeze_batch_norm``); weights, gamma, beta and ranges adapt to int8.
       seed: data order and augmentation.
     """
 
@@ -62,6 +64,7 @@ class QATConfig:
     losses: list = dataclasses.field(default_factory=lambda: ["pixel_kd"])
     augment: bool = True
     calibration_images: int = 32
+    freeze_batch_norm: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -117,6 +120,8 @@ def qat_run(config: QATConfig, verbose="auto"):
     if config.calibration_images:
         calibration = representative_images(run.train_split, size, config.calibration_images, seed=config.seed)
     qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
+    if config.freeze_batch_norm:
+        freeze_batch_norm(qat)
     optimizer = make_optimizer(train_config.optimizer, config.learning_rate, "cosine", total_steps=run.total_steps)
     loss = fine_tuning_loss(record, info.num_classes)
     trained = qat
