@@ -238,8 +238,8 @@ def test_only_depthwise_convolutions_without_a_bias_are_quantized_per_channel():
     assert configs_of == {"dw": "DepthwiseQuantizeConfig", "normalize": "Default8BitConvQuantizeConfig"}
 
 
-def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning():
-    # Frozen statistics; gamma and beta still train (TF-MOT's wrapper keeps them trainable).
+def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning(tmp_path):
+    # Frozen statistics; gamma and beta still train.
     keras.utils.set_random_seed(0)
     model = _depthwise_model(np.ones(8))
     x = images(count=8)
@@ -255,6 +255,7 @@ def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning():
         if w.name in frozen:
             np.testing.assert_array_equal(w.numpy(), frozen[w.name], err_msg=w.name)
     assert not np.allclose(kernel.numpy(), before)  # the weights still train
+    load_qat(save_qat(qat, tmp_path / "frozen.h5"))  # each weight saved once
 
 
 def _family_params():

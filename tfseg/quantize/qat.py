@@ -299,9 +299,16 @@ def freeze_batch_norm(qat) -> int:
     for layer in qat.layers:
         inner = getattr(layer, "layer", layer)  # TF-MOT's QuantizeWrapper passes ``training`` on
         if isinstance(inner, keras.layers.BatchNormalization):
-            inner.trainable = False  # a non-trainable Keras BN always uses its moving statistics
+            # Not ``trainable = False``: TF-MOT's wrapper keeps gamma and beta in its own trainable
+            # list, so they would be listed twice and the HDF5 checkpoint fails ("name already
+            # exists"). A Keras BN asks this method whether it is training.
+            inner._get_training_value = _inference_mode
             count += 1
     return count
+
+
+def _inference_mode(training=None):
+    return False
 
 
 def _range_variables(layer) -> dict:
