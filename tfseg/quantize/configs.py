@@ -144,9 +144,10 @@ def _classes() -> dict:
         """TF-MOT's 8-bit registry, with per-channel depthwise kernels."""
 
         def get_quantize_config(self, layer):
-            # Not with a bias of its own: the converter then gives every channel the int32 bias of
-            # the first channel's scale (a normalisation rewritten as a 1x1 depthwise, trained a
-            # little, came out 1.4 % off at its output). A BN's bias folded in afterwards is right.
+            # Not with a bias of its own: the CamVid student's normalisation (rewritten as a 1x1
+            # depthwise, trained a little) converted per channel with one int32 bias value for
+            # three channel scales, 1.4 % off at its output (not reproduced on a tiny model).
+            # A BN's bias folded in afterwards comes out right.
             if type(layer) is layers.DepthwiseConv2D and not layer.use_bias:
                 return DepthwiseQuantizeConfig()
             return super().get_quantize_config(layer)
