@@ -229,9 +229,9 @@ def test_depthwise_kernels_are_quantized_per_channel(monkeypatch, tmp_path):
 
 def test_only_depthwise_convolutions_without_a_bias_are_quantized_per_channel():
     # A depthwise convolution with a bias of its own (the normalisation rewritten as a 1x1 one)
-    # converted per channel after fine-tuning with every channel's int32 bias at the first
-    # channel's scale (CamVid student: 1.4 % off at the normalisation, 94 % agreement with Keras
-    # instead of 99 %). Those keep TF-MOT's per-tensor config.
+    # converted per channel after fine-tuning with one int32 bias value for three channel scales
+    # (CamVid student: 1.4 % off at the normalisation, 94 % agreement with Keras instead of 99 %;
+    # not reproduced on a tiny model). Those keep TF-MOT's per-tensor config.
     keras.utils.set_random_seed(0)
     qat = quantize_aware(_depthwise_model(np.ones(8)), calibration_data=images(count=4))
     configs_of = {name: type(qat.get_layer(f"quant_{name}").quantize_config).__name__ for name in ("dw", "normalize")}
