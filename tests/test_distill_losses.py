@@ -19,6 +19,7 @@ from tfseg.distill.losses import (
     PixelKD,
     resize_labels_nearest,
 )
+from tfseg.distill.losses.base import soft_target_kl
 from tfseg.errors import ConfigError
 from tfseg.losses import SegmentationCrossEntropy
 
@@ -47,8 +48,9 @@ def np_nearest(labels, h, w):
     return labels[:, rows][:, :, cols]
 
 
-def ref_pixel_kd(t, s, y, temperature, alpha, class_weights=None):
+def ref_pixel_kd(t, s, y, temperature, alpha, class_weights=None, logit_offset=None):
     """t, s: (B, H, W, C) or (N, C); y at the same positions (already resized)."""
+    offset = np.zeros(t.shape[-1]) if logit_offset is None else np.asarray(logit_offset)
     spatial = t.ndim == 4
     if not spatial:
         t, s, y = t[:, None, None], s[:, None, None], y[:, None, None]
@@ -65,7 +67,7 @@ def ref_pixel_kd(t, s, y, temperature, alpha, class_weights=None):
                 kl_sum += temperature**2 * np.sum(np.exp(log_p) * (log_p - log_q))
                 n += 1
                 w = 1.0 if class_weights is None else class_weights[label]
-                ce = -np_log_softmax(s[b, i, j])[label]
+                ce = -np_log_softmax(s[b, i, j] - offset)[label]
                 ce_sum += w * ce
                 w_sum += w
                 ce_single = w * ce
@@ -256,6 +258,20 @@ def test_pixel_kd_class_weights(data):
         PixelKD(class_weights=[1.0, 1.0, 1.0])(t, s, labels)
 
 
+def test_pixel_kd_logit_offset_only_shifts_the_cross_entropy(data):
+    t, s, labels, y = data
+    offset = [0.8, -0.5, 0.0, 0.3, -0.7]
+    loss = PixelKD(temperature=2.0, alpha=0.4, class_weights=[1.0, 2.0, 1.0, 0.5, 1.0], logit_offset=offset)
+    assert_close(loss(t, s, labels), ref_pixel_kd(t, s, y, 2.0, 0.4, [1.0, 2.0, 1.0, 0.5, 1.0], offset))
+    soft_only = PixelKD(temperature=2.0, alpha=1.0)
+    assert_close(PixelKD(temperature=2.0, alpha=1.0, logit_offset=offset)(t, s, labels), soft_only(t, s, labels).numpy())
+    assert PixelKD.from_config(loss.get_config()).logit_offset == offset
+    with pytest.raises(ConfigError, match="4 logit_offset"):
+        PixelKD(logit_offset=offset[:4])(t, s, labels)
+    with pytest.raises(ConfigError, match="logit_offset must be finite"):
+        PixelKD(logit_offset=[0.0, np.inf, 0.0, 0.0, 0.0])
+
+
 def test_pixel_kd_alpha_zero_is_the_house_cross_entropy(data):
     t, s, labels, y = data
     house = SegmentationCrossEntropy(reduction=keras.losses.Reduction.NONE)(y, s)
@@ -416,6 +432,31 @@ def test_all_ignored_sample_is_zero_and_finite(data, loss):
     assert np.all(np.isfinite(grad)) and np.all(grad[1] == 0.0) and np.any(grad[0] != 0.0)
     teacher_grad = tape.gradient(total, teacher)
     assert teacher_grad is None or not np.any(teacher_grad.numpy())
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_soft_target_kl_gradient_equals_automatic_differentiation(data, axis):
+    """The hand-written gradient against TF's own differentiation of the plain formula, with
+    an uneven upstream gradient and a few masked (-1e9) positions, as CWD feeds it."""
+    t, s, _, _ = data
+    teacher = tf.reshape(tf.constant(t), [B, H * W, C])
+    student = tf.reshape(tf.constant(s), [B, H * W, C])
+    masked = np.zeros((B, H * W, 1), bool)
+    masked[:, :7] = True
+    teacher = tf.where(masked, -1e9, teacher)
+    student = tf.Variable(tf.where(masked, -1e9, student))
+    temperature = 3.0
+    upstream = tf.constant(np.random.default_rng(1).uniform(0.5, 2.0, (B, C if axis == 1 else H * W)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        ours = soft_target_kl(teacher, student, temperature, axis=axis)
+        log_p = tf.nn.log_softmax(teacher / temperature, axis=axis)
+        log_q = tf.nn.log_softmax(student / temperature, axis=axis)
+        plain = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=axis)
+        ours_total, plain_total = tf.reduce_sum(upstream * ours), tf.reduce_sum(upstream * plain)
+    assert_close(ours, plain.numpy())
+    ours_grad, plain_grad = tape.gradient(ours_total, student).numpy(), tape.gradient(plain_total, student).numpy()
+    assert np.any(ours_grad != 0.0) and np.all(np.isfinite(ours_grad))
+    assert_close(ours_grad, plain_grad, rtol=1e-4, atol=1e-7)
 
 
 def test_teacher_gets_no_gradient_even_without_labels(data):

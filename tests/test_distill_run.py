@@ -38,6 +38,18 @@ def test_distill_run_records_teacher_and_losses(teacher_run, tmp_path):
     assert student.name == "fastseg_tiny" and student.output_shape == (None, 48, 64, 6)
 
 
+def test_losses_with_a_ground_truth_term_get_the_run_class_weights_and_logit_offset():
+    from tfseg.distill.run import make_distillation_loss
+
+    weights, offset = [1.0, 2.0, 0.5], [0.3, -0.2, 0.0]
+    kd = make_distillation_loss("pixel_kd", weights, offset)
+    assert kd.class_weights == weights and kd.logit_offset == offset
+    own = make_distillation_loss({"loss": "pixel_kd", "logit_offset": [0.0, 0.0, 0.0]}, weights, offset)
+    assert own.logit_offset == [0.0, 0.0, 0.0]  # the spec's own option wins
+    cwd = make_distillation_loss("cwd", weights, offset)  # no ground-truth term: nothing to pass
+    assert not hasattr(cwd, "logit_offset") and not hasattr(cwd, "class_weights")
+
+
 def test_distill_command_and_its_errors(teacher_run, tmp_path, capsys):
     out = tmp_path / "cli-student"
     code = main(["distill", "--teacher", str(teacher_run), "--model", "fastseg_tiny", "--crop-size", "32",

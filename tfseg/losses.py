@@ -127,6 +127,13 @@ def _check_class_weights(class_weights, num_classes: int | None, owner: str):
     return weights, len(weights)
 
 
+def _check_logit_offset(logit_offset, owner: str) -> list:
+    offset = [float(v) for v in np.asarray(logit_offset, dtype=np.float64).reshape(-1)]
+    if not offset or not np.all(np.isfinite(offset)):
+        raise ConfigError(f"{owner}: logit_offset must be finite numbers, got {logit_offset!r}")
+    return offset
+
+
 # --------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------
@@ -427,10 +434,7 @@ class LogitOffsetLoss(keras.losses.Loss):
         if not isinstance(loss, keras.losses.Loss):
             raise ConfigError(f"LogitOffsetLoss wraps a keras.losses.Loss, got {type(loss).__name__}")
         super().__init__(reduction=reduction, name=name or loss.name)
-        offset = [float(v) for v in np.asarray(logit_offset, dtype=np.float64).reshape(-1)]
-        if not offset or not np.all(np.isfinite(offset)):
-            raise ConfigError(f"LogitOffsetLoss: logit_offset must be finite numbers, got {logit_offset!r}")
-        self.loss, self.logit_offset = loss, offset
+        self.loss, self.logit_offset = loss, _check_logit_offset(logit_offset, "LogitOffsetLoss")
 
     def call(self, y_true, y_pred):
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)

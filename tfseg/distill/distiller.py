@@ -195,7 +195,8 @@ class Distiller(keras.Model):
         """Student logits, per-sample student loss and distillation terms of one batch (student in training mode)."""
         student_maps = self._student_taps(x, training=True)
         logits = student_maps[taps.OUTPUT]
-        student_loss = self._per_sample_student_loss(y, logits)
+        # A zero-weighted student loss is only logged: stopping its gradient saves a backward pass.
+        student_loss = self._per_sample_student_loss(y, logits if self.student_loss_weight else tf.stop_gradient(logits))
         return logits, student_loss, self._distillation_terms(teacher_maps, student_maps, y)
 
     def train_step(self, data):

@@ -26,11 +26,13 @@ LOSSES = {
 }
 
 
-def make_distillation_loss(spec, class_weights=None):
+def make_distillation_loss(spec, class_weights=None, logit_offset=None):
     """A distillation loss from a name (``"pixel_kd"``) or a dict (``{"loss": "cwd", "temperature": 2}``).
 
     ``class_weights`` (the run's) go to losses with a ground-truth term that take them (PixelKD),
     unless the spec sets its own, so that a distilled student and its baseline weigh classes alike.
+    So does ``logit_offset``, the calibration folded into a student started from a calibrated run
+    (``tfseg.calibrate.folded_logit_offset``), which that term must not train away.
 
     Raises:
       ConfigError: unknown loss name or option, naming it and the choices.
@@ -41,8 +43,10 @@ def make_distillation_loss(spec, class_weights=None):
     kind = options.pop("loss", None)
     if kind not in LOSSES:
         raise ConfigError(f"unknown distillation loss {kind!r}; choose from {', '.join(LOSSES)}")
-    if class_weights is not None and "class_weights" in inspect.signature(LOSSES[kind]).parameters:
-        options.setdefault("class_weights", class_weights)
+    accepted = inspect.signature(LOSSES[kind]).parameters
+    for key, value in (("class_weights", class_weights), ("logit_offset", logit_offset)):
+        if value is not None and key in accepted:
+            options.setdefault(key, value)
     try:
         return LOSSES[kind](**options)
     except TypeError as error:
@@ -89,12 +93,13 @@ def distill_run(config: DistillConfig, verbose="auto"):
     student = build_model(config, run.info)
     inherited = inherited_record(config)
     check_output_classes(student, run.info.num_classes)
-    losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
+    offset = folded_logit_offset(inherited)
+    losses = [make_distillation_loss(spec, run.class_weights, offset) for spec in config.losses]
     distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule, total_steps=run.total_steps)
     distiller.compile(
         optimizer,
-        loss=make_loss(config.loss, run.info.num_classes, run.class_weights, folded_logit_offset(inherited)),
+        loss=make_loss(config.loss, run.info.num_classes, run.class_weights, offset),
         metrics=segmentation_metrics(run.info.num_classes),
     )
     record = {

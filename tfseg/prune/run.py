@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tfseg import data as seg_data
+from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import save_model, write_json
 from tfseg.evaluate import evaluate
 from tfseg.prune.filters import rebuild_pruned
@@ -87,10 +88,18 @@ def prune_run(
         optimizer = make_optimizer("adam", learning_rate, "constant")
         trainable.compile(optimizer=optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
 
+    distillation_losses = None
+    if distill:
+        from tfseg.distill.run import make_distillation_loss  # lazy: pruning works without distillation
+
+        # Weighs classes like the plain fine-tuning loss and keeps a calibrated model's offset.
+        distillation_losses = [make_distillation_loss("pixel_kd", record.get("class_weight_values"),
+                                                      folded_logit_offset(record))]
     start = time.time()
     final, rounds = prune_filters_iteratively(
         model, train_data, step=step, target=target, fine_tune_epochs=fine_tune_epochs,
         compile_model=compile_model, score=score, teacher=model if distill else None,
+        distillation_losses=distillation_losses,
         criterion=criterion, scope=scope, out_dir=out_dir, bn_batches=bn_batches,
         prune_residual=prune_residual, fit_kwargs={"verbose": 2 if verbose == "auto" else verbose},
     )

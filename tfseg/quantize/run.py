@@ -100,6 +100,7 @@ def qat_run(config: QATConfig, verbose="auto"):
       >>> qat, _, scores = qat_run(QATConfig("runs/camvid/student-kd", "runs/camvid/student-qkd",
       ...                                    teacher_run="runs/camvid/teacher", epochs=3))
     """
+    from tfseg.calibrate import folded_logit_offset
     from tfseg.distill.distiller import Distiller
     from tfseg.distill.run import make_distillation_loss
     from tfseg.evaluate import evaluate
@@ -130,7 +131,7 @@ def qat_run(config: QATConfig, verbose="auto"):
         teacher, teacher_info = load_run(config.teacher_run, input_size=size)
         if teacher_info.class_names != info.class_names:
             raise ConfigError(f"the teacher {config.teacher_run} was trained on other classes: {teacher_info.class_names}")
-        losses = [make_distillation_loss(spec, run.class_weights) for spec in config.losses]
+        losses = [make_distillation_loss(spec, run.class_weights, folded_logit_offset(record)) for spec in config.losses]
         # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
         trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
         trained.compile(optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))

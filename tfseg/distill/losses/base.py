@@ -35,6 +35,7 @@ __all__ = [
     "masked_mean",
     "per_sample",
     "pair_mean_squared",
+    "soft_target_kl",
 ]
 
 
@@ -404,3 +405,29 @@ def pair_mean_squared(a_teacher, a_student, valid):
     """
     pairs = tf.logical_and(valid[:, :, tf.newaxis], valid[:, tf.newaxis, :])
     return masked_mean(tf.square(a_student - a_teacher), pairs, axis=[1, 2])
+
+
+def soft_target_kl(teacher_logits, student_logits, temperature: float, axis: int = -1):
+    """``KL(softmax(t / T) || softmax(s / T))`` along ``axis``, one value per remaining position.
+
+    The gradient with respect to the student logits is written out, ``(q - p) / T`` with
+    ``p = softmax(t / T)`` and ``q = softmax(s / T)``: what automatic differentiation would give,
+    but without tracing back through log-softmax, exp and the product. On full-resolution
+    segmentation logits that backward pass was most of pixel-wise KD's cost beyond the two
+    forward passes. The teacher gets no gradient.
+    """
+    t = float(temperature)
+    log_p = tf.nn.log_softmax(tf.stop_gradient(teacher_logits) / t, axis=axis)
+    p = tf.exp(log_p)
+
+    @tf.custom_gradient
+    def kl(student):
+        log_q = tf.nn.log_softmax(student / t, axis=axis)
+        value = tf.reduce_sum(p * (log_p - log_q), axis=axis)
+
+        def gradient(upstream):
+            return tf.expand_dims(upstream, axis) * (tf.exp(log_q) - p) / t
+
+        return value, gradient
+
+    return kl(student_logits)

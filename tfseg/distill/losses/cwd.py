@@ -10,6 +10,7 @@ from tfseg.distill.losses.base import (
     check_positive,
     pool_patches,
     pool_valid,
+    soft_target_kl,
     valid_mask,
 )
 
@@ -97,11 +98,15 @@ class ChannelWiseKD(DistillationLoss):
         valid = tf.reshape(valid, [shape[0], positions, 1])
         masked = tf.fill([shape[0], positions, shape[3]], _MASKED_LOGIT)
         # Softmax over axis 1 (positions), one distribution per channel.
-        log_p = tf.nn.log_softmax(tf.where(valid, tf.reshape(teacher, [shape[0], positions, -1]) / t, masked), axis=1)
-        log_q = tf.nn.log_softmax(tf.where(valid, tf.reshape(student, [shape[0], positions, -1]) / t, masked), axis=1)
-        terms = tf.where(valid, tf.exp(log_p) * (log_p - log_q), tf.zeros_like(log_p))
+        # Masked positions get probability exactly 0 on both sides, so they add nothing to the KL.
+        kl = soft_target_kl(
+            tf.where(valid, tf.reshape(teacher, [shape[0], positions, -1]), masked),
+            tf.where(valid, tf.reshape(student, [shape[0], positions, -1]), masked),
+            t,
+            axis=1,
+        )  # (B, C)
         channels = tf.cast(shape[3], tf.float32)
-        loss = tf.reduce_sum(terms, axis=[1, 2]) * (t * t) / channels
+        loss = tf.reduce_sum(kl, axis=1) * (t * t) / channels
         any_valid = tf.reduce_any(valid, axis=[1, 2])
         return tf.where(any_valid, loss, tf.zeros_like(loss))
 

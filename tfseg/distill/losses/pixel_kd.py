@@ -6,9 +6,16 @@ from typing import Sequence
 
 from tfseg._keras import keras, tf
 from tfseg.data.info import IGNORE_LABEL
-from tfseg.distill.losses.base import DistillationLoss, check_fraction, check_positive, labels_like, per_sample
+from tfseg.distill.losses.base import (
+    DistillationLoss,
+    check_fraction,
+    check_positive,
+    labels_like,
+    per_sample,
+    soft_target_kl,
+)
 from tfseg.errors import ConfigError
-from tfseg.losses import _check_class_weights, _valid_labels
+from tfseg.losses import _check_class_weights, _check_logit_offset, _valid_labels
 
 __all__ = ["PixelKD"]
 
@@ -30,10 +37,10 @@ class PixelKD(DistillationLoss):
         kd   = mean_{i in V} T^2 * KL( softmax(t_i / T) || softmax(s_i / T) )
              = mean_{i in V} T^2 * sum_c p_ic (log p_ic - log q_ic),
                p = softmax(t / T), q = softmax(s / T)
-        ce   = sum_{i in V} w[y_i] * (-log softmax(s_i)[y_i]) / sum_{i in V} w[y_i]
+        ce   = sum_{i in V} w[y_i] * (-log softmax(s_i - o)[y_i]) / sum_{i in V} w[y_i]
         loss = alpha * kd + (1 - alpha) * ce
 
-    Without ``class_weights`` every ``w`` is 1 and ``ce`` is the plain mean over V (the house
+    ``o`` is ``logit_offset`` (0 without it). Without ``class_weights`` every ``w`` is 1 and ``ce`` is the plain mean over V (the house
     :class:`tfseg.losses.SegmentationCrossEntropy`, at T = 1). A sample without valid pixel gives 0.
     For ``(N, C)`` classification logits every row is a sample: its ``kd`` is its own term and its
     ``ce`` is ``w[y] * ce`` (a ratio over one pixel would cancel the class weight).
@@ -46,6 +53,11 @@ class PixelKD(DistillationLoss):
       alpha: weight in [0, 1] of the soft term; ``1 - alpha`` weighs the cross-entropy. With
         ``alpha = 1`` no labels are needed (``labels=None`` then counts every pixel as valid).
       class_weights: optional C non-negative weights for the cross-entropy term.
+      logit_offset: optional C numbers subtracted from the student's logits in the cross-entropy
+        term only: the logit adjustment folded into a calibrated student's classifier
+        (``tfseg.calibrate.folded_logit_offset``), which the ground truth would otherwise train
+        away, as :class:`tfseg.losses.LogitOffsetLoss` does for the plain loss. The soft term
+        compares the logits as they are, since a calibrated teacher carries its offset too.
       weight, teacher_endpoint, student_endpoint, ignore_label, name: see
         :class:`DistillationLoss` (defaults: 1.0, "logits", "logits", 255, "pixel_kd").
 
@@ -75,6 +87,7 @@ class PixelKD(DistillationLoss):
         temperature: float = 4.0,
         alpha: float = 0.5,
         class_weights: Sequence[float] | None = None,
+        logit_offset: Sequence[float] | None = None,
         weight: float = 1.0,
         teacher_endpoint: str | None = None,
         student_endpoint: str | None = None,
@@ -86,14 +99,12 @@ class PixelKD(DistillationLoss):
         self.temperature = check_positive(temperature, "temperature", owner)
         self.alpha = check_fraction(alpha, "alpha", owner)
         self.class_weights, _ = _check_class_weights(class_weights, None, owner)
+        self.logit_offset = None if logit_offset is None else _check_logit_offset(logit_offset, owner)
 
     def compute(self, teacher, student, labels):
         owner = type(self).__name__
-        channel_axis = -1
         t = self.temperature
-        log_p = tf.nn.log_softmax(teacher / t, axis=channel_axis)
-        log_q = tf.nn.log_softmax(student / t, axis=channel_axis)
-        kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=channel_axis) * (t * t)
+        kl = soft_target_kl(teacher, student, t, axis=-1) * (t * t)
 
         if labels is None:
             if self.alpha < 1.0:
@@ -101,17 +112,17 @@ class PixelKD(DistillationLoss):
             return per_sample(kl, tf.ones_like(kl, dtype=tf.bool))
 
         num_classes = tf.shape(student)[-1]
-        if self.class_weights is not None and student.shape[-1] is not None:
-            if len(self.class_weights) != student.shape[-1]:
-                raise ConfigError(
-                    f"{owner}: {len(self.class_weights)} class_weights but the logits have {student.shape[-1]} channels"
-                )
+        for what, values in (("class_weights", self.class_weights), ("logit_offset", self.logit_offset)):
+            if values is not None and student.shape[-1] is not None and len(values) != student.shape[-1]:
+                raise ConfigError(f"{owner}: {len(values)} {what} but the logits have {student.shape[-1]} channels")
         y = labels_like(labels, student)
         y, valid = _valid_labels(y, num_classes, self.ignore_label, owner)
         kd = per_sample(kl, valid)
         if self.alpha == 1.0:
             return kd
 
+        if self.logit_offset is not None:
+            student = student - tf.constant(self.logit_offset, tf.float32)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=student)
         w = tf.cast(valid, tf.float32)
         if self.class_weights is not None:
@@ -128,5 +139,6 @@ class PixelKD(DistillationLoss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(temperature=self.temperature, alpha=self.alpha, class_weights=self.class_weights)
+        config.update(temperature=self.temperature, alpha=self.alpha, class_weights=self.class_weights,
+                      logit_offset=self.logit_offset)
         return config
