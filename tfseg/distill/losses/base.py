@@ -412,9 +412,9 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float, axis: int
 
     The gradient with respect to the student logits is written out, ``(q - p) / T`` with
     ``p = softmax(t / T)`` and ``q = softmax(s / T)``: what automatic differentiation would give,
-    but without tracing back through log-softmax, exp and the product. On full-resolution
-    segmentation logits that backward pass was most of pixel-wise KD's cost beyond the two
-    forward passes. The teacher gets no gradient.
+    but in one pass instead of differentiating back through log-softmax, exp and the product,
+    which matters on full-resolution segmentation logits (pixel-wise KD). The teacher gets no
+    gradient.
     """
     t = float(temperature)
     log_p = tf.nn.log_softmax(tf.stop_gradient(teacher_logits) / t, axis=axis)
