@@ -232,10 +232,13 @@ def test_only_depthwise_convolutions_without_a_bias_are_quantized_per_channel():
     # converted per channel after fine-tuning with one int32 bias value for three channel scales
     # (CamVid student: 1.4 % off at the normalisation, 94 % agreement with Keras instead of 99 %;
     # not reproduced on a tiny model). Those keep TF-MOT's per-tensor config.
-    keras.utils.set_random_seed(0)
-    qat = quantize_aware(_depthwise_model(np.ones(8)), calibration_data=images(count=4))
-    configs_of = {name: type(qat.get_layer(f"quant_{name}").quantize_config).__name__ for name in ("dw", "normalize")}
-    assert configs_of == {"dw": "DepthwiseQuantizeConfig", "normalize": "Default8BitConvQuantizeConfig"}
+    # The prune-preserving scheme makes the same choice (TF-MOT's own is per tensor there too).
+    for preserve_sparsity in (False, True):
+        keras.utils.set_random_seed(0)
+        qat = quantize_aware(_depthwise_model(np.ones(8)), preserve_sparsity=preserve_sparsity,
+                             calibration_data=images(count=4))
+        configs_of = {name: type(qat.get_layer(f"quant_{name}").quantize_config).__name__ for name in ("dw", "normalize")}
+        assert configs_of == {"dw": "DepthwiseQuantizeConfig", "normalize": "Default8BitConvQuantizeConfig"}, preserve_sparsity
 
 
 def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning(tmp_path):

@@ -20,7 +20,8 @@ each:
   TF-MOT's own quantizer gives them one per tensor. Biased ones (the rewritten affine layers) stay
   per tensor: so ``scale`` is held exactly when it is the same for every channel (the
   normalisation); a rewritten BN with very different channel scales loses some precision in its
-  smaller ones. The prune-preserving scheme (``preserve_sparsity=True``) is TF-MOT's, per tensor.
+  smaller ones. ``PrunePreserveQuantizeScheme`` does the same to TF-MOT's prune-preserving scheme
+  (``preserve_sparsity=True``).
 
 TF-MOT's base classes live in ``tensorflow_model_optimization``, which is slow to import; the
 configs, the quantizer and the scheme are created on first use (module ``__getattr__``), so importing
@@ -66,12 +67,17 @@ UNSUPPORTED = {
 # so Conv2DTranspose + BN is *not* folded and that BN is rewritten instead).
 _BN_PRODUCERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 
-CONFIG_NAMES = ("OutputQuantizeConfig", "DepthwiseKernelQuantizer", "DepthwiseQuantizeConfig", "QuantizeScheme")
+CONFIG_NAMES = ("OutputQuantizeConfig", "DepthwiseKernelQuantizer", "DepthwiseQuantizeConfig", "QuantizeScheme",
+                "PrunePreserveQuantizeScheme")
+_SCHEMES = ("QuantizeScheme", "PrunePreserveQuantizeScheme")  # not configs: nothing saved refers to them
 
 
 @functools.lru_cache(maxsize=None)
 def _classes() -> dict:
     import tensorflow_model_optimization as tfmot  # lazy: slow to import, only QAT needs it
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        prune_preserve_quantize_registry as prune_preserve,
+    )
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_registry as registry8,
     )
@@ -140,17 +146,28 @@ def _classes() -> dict:
             super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
             self.weight_quantizer = DepthwiseKernelQuantizer()
 
+    def per_channel_depthwise(layer) -> bool:
+        # Not with a bias of its own: the CamVid student's normalisation (rewritten as a 1x1
+        # depthwise, trained a little) converted per channel with one int32 bias value for
+        # three channel scales, 1.4 % off at its output (not reproduced on a tiny model).
+        # A BN's bias folded in afterwards comes out right.
+        return type(layer) is layers.DepthwiseConv2D and not layer.use_bias
+
     class QuantizeRegistry(registry8.Default8BitQuantizeRegistry):
         """TF-MOT's 8-bit registry, with per-channel depthwise kernels."""
 
         def get_quantize_config(self, layer):
-            # Not with a bias of its own: the CamVid student's normalisation (rewritten as a 1x1
-            # depthwise, trained a little) converted per channel with one int32 bias value for
-            # three channel scales, 1.4 % off at its output (not reproduced on a tiny model).
-            # A BN's bias folded in afterwards comes out right.
-            if type(layer) is layers.DepthwiseConv2D and not layer.use_bias:
-                return DepthwiseQuantizeConfig()
-            return super().get_quantize_config(layer)
+            return DepthwiseQuantizeConfig() if per_channel_depthwise(layer) else super().get_quantize_config(layer)
+
+    class PrunePreserveQuantizeRegistry(prune_preserve.Default8bitPrunePreserveQuantizeRegistry):
+        """TF-MOT's prune-preserving registry, with per-channel depthwise kernels.
+
+        TF-MOT neither prunes depthwise kernels nor preserves their sparsity, so they take the
+        same per-channel config as in ``QuantizeRegistry``.
+        """
+
+        def get_quantize_config(self, layer):
+            return DepthwiseQuantizeConfig() if per_channel_depthwise(layer) else super().get_quantize_config(layer)
 
     class QuantizeScheme(qk.default_8bit.Default8BitQuantizeScheme):
         """TF-MOT's 8-bit scheme (its layer transforms) with ``QuantizeRegistry``."""
@@ -158,11 +175,18 @@ def _classes() -> dict:
         def get_quantize_registry(self):
             return QuantizeRegistry()
 
+    class PrunePreserveQuantizeScheme(qk.default_8bit.Default8BitQuantizeScheme):
+        """TF-MOT's prune-preserving 8-bit scheme with ``PrunePreserveQuantizeRegistry``."""
+
+        def get_quantize_registry(self):
+            return PrunePreserveQuantizeRegistry()
+
     return {
         "OutputQuantizeConfig": OutputQuantizeConfig,
         "DepthwiseKernelQuantizer": DepthwiseKernelQuantizer,
         "DepthwiseQuantizeConfig": DepthwiseQuantizeConfig,
         "QuantizeScheme": QuantizeScheme,
+        "PrunePreserveQuantizeScheme": PrunePreserveQuantizeScheme,
     }
 
 
@@ -174,7 +198,7 @@ def __getattr__(name):
 
 def custom_objects() -> dict:
     """``{class name: class}`` of tfseg's configs and quantizers, for ``quantize_scope`` when loading a QAT model."""
-    return {name: cls for name, cls in _classes().items() if name != "QuantizeScheme"}
+    return {name: cls for name, cls in _classes().items() if name not in _SCHEMES}
 
 
 def folds_into_producer(layer) -> bool:

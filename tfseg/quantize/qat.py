@@ -135,11 +135,8 @@ def quantization_plan(model, preserve_sparsity: bool = False) -> dict:
 
 
 def _scheme(preserve_sparsity: bool):
-    import tensorflow_model_optimization as tfmot
-
-    if preserve_sparsity:
-        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return configs.QuantizeScheme()  # TF-MOT's, with per-channel depthwise kernels
+    # TF-MOT's schemes, with per-channel depthwise kernels.
+    return configs.PrunePreserveQuantizeScheme() if preserve_sparsity else configs.QuantizeScheme()
 
 
 def _warn_unpreserved_sparsity(model, plan):
@@ -173,9 +170,10 @@ def quantize_aware(model, preserve_sparsity: bool = False, input_range=(0.0, 255
     Args:
       model: a flat functional tf_keras model (a ``Distiller``'s student is taken from it). A
         pruning-wrapped model is stripped first (``tfmot.sparsity.keras.strip_pruning``).
-      preserve_sparsity: use TF-MOT's ``Default8BitPrunePreserveQuantizeScheme``: the zeros of
-        magnitude-pruned Conv2D / DepthwiseConv2D / Dense kernels stay zero through QAT and in the
-        int8 TFLite model. Without it, fine-tuning fills the zeros in.
+      preserve_sparsity: use TF-MOT's prune-preserving scheme (with per-channel depthwise kernels,
+        ``configs.PrunePreserveQuantizeScheme``): the zeros of magnitude-pruned Conv2D / Dense
+        kernels stay zero through QAT and in the int8 TFLite model (TF-MOT does not prune
+        depthwise kernels). Without it, fine-tuning fills the zeros in.
       input_range: (low, high) of the model's input values, [0, 255] pixels for tfseg models:
         the input's quantization range (and that of the normalisation after it) start there
         instead of TF-MOT's [-6, 6]. None leaves them to be learned.
