@@ -41,7 +41,8 @@ class PixelKD(DistillationLoss):
         loss = alpha * kd + (1 - alpha) * ce
 
     ``o`` is ``logit_offset`` (0 without it). Without ``class_weights`` every ``w`` is 1 and ``ce``
-    is the plain mean over V (the house :class:`tfseg.losses.SegmentationCrossEntropy`, at T = 1). A sample without valid pixel gives 0.
+    is the plain mean over V (the house :class:`tfseg.losses.SegmentationCrossEntropy`, at T = 1).
+    A sample without valid pixel gives 0.
     For ``(N, C)`` classification logits every row is a sample: its ``kd`` is its own term and its
     ``ce`` is ``w[y] * ce`` (a ratio over one pixel would cancel the class weight).
 
