@@ -20,6 +20,7 @@ from tfseg.losses import (
     SegmentationCrossEntropy,
     class_pixel_counts,
     median_frequency_weights,
+    sparse_cross_entropy,
 )
 
 IGNORE = 255
@@ -128,6 +129,26 @@ def test_cross_entropy_matches_reference(shape, weighted):
     # The default reduction is the mean of the per-sample values.
     reduced = SegmentationCrossEntropy(shape[-1], class_weights=weights)(masks, logits)
     np.testing.assert_allclose(float(reduced), expected.mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 6, 9, 11)])
+def test_sparse_cross_entropy_equals_tensorflows_op_in_value_and_gradient(shape):
+    rng = np.random.default_rng(len(shape))
+    # Logits far from 0 and far apart: the written-out form must stay as stable as TF's fused op.
+    logits = tf.Variable(rng.normal(0.0, 30.0, shape).astype("float32") + 200.0)
+    labels = tf.constant(rng.integers(0, shape[-1], shape[:-1]), tf.int32)
+    upstream = tf.constant(rng.uniform(0.0, 2.0, shape[:-1]).astype("float32"))  # an uneven weighting
+    results = []
+    for cross_entropy in (sparse_cross_entropy, tf.nn.sparse_softmax_cross_entropy_with_logits):
+        with tf.GradientTape() as tape:
+            values = cross_entropy(labels, logits) if cross_entropy is sparse_cross_entropy else (
+                cross_entropy(labels=labels, logits=logits))
+            weighted = tf.reduce_sum(upstream * values)
+        results.append((values.numpy(), tape.gradient(weighted, logits).numpy()))
+    (ours, our_gradient), (theirs, their_gradient) = results
+    assert np.all(np.isfinite(ours)) and ours.shape == shape[:-1]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(our_gradient, their_gradient, rtol=1e-5, atol=1e-6)
 
 
 def test_cross_entropy_class_weights_are_pytorch_style_normalised():

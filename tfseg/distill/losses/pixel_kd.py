@@ -15,7 +15,7 @@ from tfseg.distill.losses.base import (
     soft_target_kl,
 )
 from tfseg.errors import ConfigError
-from tfseg.losses import _check_class_weights, _check_logit_offset, _valid_labels
+from tfseg.losses import _check_class_weights, _check_logit_offset, _valid_labels, sparse_cross_entropy
 
 __all__ = ["PixelKD"]
 
@@ -124,7 +124,7 @@ class PixelKD(DistillationLoss):
 
         if self.logit_offset is not None:
             student = student - tf.constant(self.logit_offset, tf.float32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=student)
+        ce = sparse_cross_entropy(y, student)
         w = tf.cast(valid, tf.float32)
         if self.class_weights is not None:
             w *= tf.gather(tf.constant(self.class_weights, tf.float32), y)
