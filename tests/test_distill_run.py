@@ -92,6 +92,14 @@ def test_ablation_recipe_refuses_taps_the_distiller_refuses_before_training(teac
     assert not out.exists()
 
 
+def test_step_parts_bench_prints_a_median_for_every_part(capsys):
+    load_recipe("bench_step_parts").main(["--shape", "2x8x8x3", "--rounds", "2", "--warmup", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "logits 2x8x8x3, median of 2 interleaved rounds:"
+    timed = [float(line.rsplit(":", 1)[1].split()[0]) for line in lines[1:]]
+    assert len(timed) == 6 and all(t > 0 for t in timed)
+
+
 def test_overhead_bench_interleaves_every_step_on_each_batch(capsys):
     bench = load_recipe("bench_distill_overhead")
     calls = []

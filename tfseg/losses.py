@@ -90,9 +90,10 @@ def sparse_cross_entropy(labels, logits):
 
     The values and gradient of ``tf.nn.sparse_softmax_cross_entropy_with_logits``, written as
     ``logsumexp(z) - z[label]`` with the gradient ``softmax(z) - one_hot(label)`` spelt out. On
-    CPU, with the few classes of segmentation, TF's fused op is about twice as slow (8x288x384x11
-    float32, forward and backward: 61 ms against 38 ms), and every training step runs it on the
-    full-resolution logits.
+    CPU, with the few classes of segmentation, TF's fused op is much slower (8x288x384x11 float32
+    on 2 cores, ``recipes/bench_step_parts.py``: 52-58 ms against 31-35 ms forward and backward,
+    43-45 against 17-21 ms forward only), and every training step runs it on the full-resolution
+    logits.
 
     Args:
       labels: integer labels in ``[0, C)`` of static rank, one per position of ``logits``
