@@ -96,8 +96,9 @@ def test_step_parts_bench_prints_a_median_for_every_part(capsys):
     load_recipe("bench_step_parts").main(["--shape", "2x8x8x3", "--rounds", "2", "--warmup", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "logits 2x8x8x3, median of 2 interleaved rounds:"
-    timed = [float(line.rsplit(":", 1)[1].split()[0]) for line in lines[1:]]
-    assert len(timed) == 6 and all(t > 0 for t in timed)
+    parts = dict(line.rsplit(":", 1) for line in lines[1:])
+    assert len(parts) == 6 and "cross entropy, TF fused op, forward" in {name.strip() for name in parts}
+    assert all(float(value.split()[0]) >= 0 for value in parts.values())  # tiny ops may round to 0.0 ms
 
 
 def test_overhead_bench_interleaves_every_step_on_each_batch(capsys):
