@@ -79,7 +79,7 @@ def measure(name: str, args) -> dict:
                         lambda: litert_latency(data, num_threads=threads, runs=args.runs, warmup=args.warmup),
                     )
                     row[f"{kind}_ms_{threads}"] = stats["median_ms"] if stats else None
-    del model
+    model = None  # drop the graph before clear_session
     keras.backend.clear_session()
     gc.collect()
     row["seconds"] = time.perf_counter() - start

@@ -159,7 +159,7 @@ def test_prune_low_magnitude_accepts_every_layer(students, images, variant):
     assert len(wrapped) == len(model.layers) - 2  # all but the input and normalize
     masks = [w for w in pruned.weights if "mask" in w.name]
     # one mask per Conv2D kernel; TF-MOT accepts DepthwiseConv2D but never prunes it (no prunable weights)
-    convs = [l for l in model.layers if type(l) is keras.layers.Conv2D]
+    convs = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
     assert len(masks) == len(convs) > 0
     # the wrappers hold the original layers: same function before any pruning step
     np.testing.assert_allclose(pruned(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-6)

@@ -71,8 +71,8 @@ def test_every_tfslim_array_is_used_exactly_once(loaded_backbone):
 def test_arrays_give_the_same_network_in_our_backbone_and_keras_applications(loaded_backbone):
     ours, _ = loaded_backbone
     ref = keras.applications.MobileNetV2(alpha=1.0, include_top=False, weights=None, input_shape=SIZE + (3,))
-    assert [(l.name, [w.shape for w in l.weights]) for l in ours.layers if l.weights] == [
-        (l.name, [w.shape for w in l.weights]) for l in ref.layers if l.weights
+    assert [(layer.name, [w.shape for w in layer.weights]) for layer in ours.layers if layer.weights] == [
+        (layer.name, [w.shape for w in layer.weights]) for layer in ref.layers if layer.weights
     ]
     summary = load_tfslim_mobilenet_v2(ref, NPY_DIR)
     assert len(summary["files"]) == 260

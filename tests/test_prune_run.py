@@ -73,7 +73,9 @@ def test_each_round_re_estimates_batch_norm_statistics_on_the_training_batches()
     common = dict(step=0.5, target=0.5, fine_tune_epochs=0, compile_model=lambda m: None, score=lambda m: {})
     stale, _ = prune_filters_iteratively(model, data, bn_batches=0, **common)
     fresh, _ = prune_filters_iteratively(model, data, bn_batches=2, **common)
-    stats = lambda m: {layer.name: layer.moving_mean.numpy() for layer in batch_norm_layers(m)}
+    def stats(m):
+        return {layer.name: layer.moving_mean.numpy() for layer in batch_norm_layers(m)}
+
     assert any(not np.allclose(stats(stale)[name], value) for name, value in stats(fresh).items())
     reestimate_batch_norm(stale, data, 2)
     for name, value in stats(fresh).items():

@@ -76,14 +76,14 @@ def fit_logit_adjustment(model, split, class_weights, *, image_size=None, streng
 
 def _classifier_candidates(model, num_classes: int, layer: str | None):
     if layer is not None:
-        found = [l for l in model.layers if l.name == layer]
+        found = [candidate for candidate in model.layers if candidate.name == layer]
         if not found:
             raise ValueError(f"model {model.name!r} has no layer {layer!r}")
         return found
     # Prefer the layers called classifier, then any biased conv with one filter per class.
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and getattr(l, "use_bias", False)
-             and l.filters == num_classes]
-    return sorted(convs, key=lambda l: "classifier" not in l.name)
+    convs = [conv for conv in model.layers if isinstance(conv, keras.layers.Conv2D) and getattr(conv, "use_bias", False)
+             and conv.filters == num_classes]
+    return sorted(convs, key=lambda conv: "classifier" not in conv.name)
 
 
 def fold_class_bias(model, bias, layer: str | None = None, atol: float = 1e-3):

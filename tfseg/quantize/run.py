@@ -135,7 +135,7 @@ def qat_run(config: QATConfig, verbose="auto"):
         # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
         trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
         trained.compile(optimizer, loss=loss, metrics=segmentation_metrics(info.num_classes))
-        qat_record["distillation_losses"] = [l.get_config() | {"class": type(l).__name__} for l in losses]
+        qat_record["distillation_losses"] = [kd.get_config() | {"class": type(kd).__name__} for kd in losses]
     else:
         compile_for_segmentation(qat, info.num_classes, loss=loss, optimizer=optimizer)
 
