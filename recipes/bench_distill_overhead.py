@@ -46,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--student", default="fastseg_tiny")
     pairwise = "pairwise_kd:teacher_endpoint=decoder,student_endpoint=decoder"  # features: signs differ
     parser.add_argument("--losses", nargs="+", default=["pixel_kd", pairwise, "csc", "ace", "cwd"],
-                        help="Distillers to time, each losses of tfseg.distill.run.LOSSES joined by '+'")
+                        help="Distillers to time, each losses of tfseg.distill.losses.LOSSES joined by '+'")
     parser.add_argument("--size", default="288x384")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--classes", type=int, default=11)
@@ -59,7 +59,7 @@ def main(argv=None):
     from tfseg import models
     from tfseg._keras import keras, tf
     from tfseg.distill import Distiller
-    from tfseg.distill.run import make_distillation_loss
+    from tfseg.distill.losses import make_distillation_loss
     from tfseg.options import variant_specs
     from tfseg.train import compile_for_segmentation
 

@@ -12,7 +12,7 @@ teacher's test mIoU. Finished variants are skipped, killed ones resume.
     python recipes/distill_camvid.py --variants pixel_kd+cwd pixel_kd+csc    # chosen combinations
     python recipes/distill_camvid.py --variants pixel_kd:temperature=1,alpha=0.5 --combine 0   # loss options
 
-A variant is ``scratch`` or losses of ``tfseg.distill.run.LOSSES`` trained together, joined by
+A variant is ``scratch`` or losses of ``tfseg.distill.losses.LOSSES`` trained together, joined by
 ``+``, each optionally with ``:KEY=VALUE,...`` options (``tfseg.options.variant_specs``); its
 run directory is the variant with ``:`` written as ``-``. After the listed variants,
 ``--combine K`` (default 2) also trains the combination of the K single losses with the best
@@ -88,7 +88,7 @@ def check_variants(args) -> None:
     Distiller refuses, fail now rather than after hours of training."""
     from tfseg import models
     from tfseg.distill import Distiller
-    from tfseg.distill.run import make_distillation_loss
+    from tfseg.distill.losses import make_distillation_loss
     from tfseg.run import load_run
 
     losses = {variant: [make_distillation_loss(spec) for spec in variant_specs(variant)] for variant in args.variants}

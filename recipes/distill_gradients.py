@@ -37,7 +37,7 @@ def main(argv=None):
     from tfseg import data as seg_data
     from tfseg import models
     from tfseg.distill import Distiller
-    from tfseg.distill.run import make_distillation_loss
+    from tfseg.distill.losses import make_distillation_loss
     from tfseg.run import load_run
 
     losses = [make_distillation_loss(spec) for spec in variant_specs(args.variant)]

@@ -92,7 +92,7 @@ def main(argv=None):
 
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
-    from tfseg.calibrate import calibrate_run
+    from tfseg.pipeline.calibrate import calibrate_run
     from tfseg.run import load_run, run_record, train_run
 
     if not args.evaluate_only:

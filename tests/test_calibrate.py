@@ -7,7 +7,8 @@ import pytest
 
 from tfseg import data, models
 from tfseg._keras import keras
-from tfseg.calibrate import calibrate_run, fit_logit_adjustment, fold_class_bias, folded_logit_offset, prior_bias
+from tfseg.calibrate import fit_logit_adjustment, fold_class_bias, folded_logit_offset, prior_bias
+from tfseg.pipeline.calibrate import calibrate_run
 from tfseg.errors import ConfigError
 from tfseg.evaluate import evaluate
 

@@ -39,7 +39,7 @@ def test_distill_run_records_teacher_and_losses(teacher_run, tmp_path):
 
 
 def test_losses_with_a_ground_truth_term_get_the_run_class_weights_and_logit_offset():
-    from tfseg.distill.run import make_distillation_loss
+    from tfseg.distill.losses import make_distillation_loss
 
     weights, offset = [1.0, 2.0, 0.5], [0.3, -0.2, 0.0]
     kd = make_distillation_loss("pixel_kd", weights, offset)

@@ -173,7 +173,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from tfseg.calibrate import calibrate_run
+    from tfseg.pipeline.calibrate import calibrate_run
 
     options = {"strengths": [float(v) for v in args.strengths.split(",")]} if args.strengths else {}
     summary = calibrate_run(args.run_dir, split=args.split, **options)

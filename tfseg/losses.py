@@ -456,7 +456,7 @@ class LogitOffsetLoss(keras.losses.Loss):
     """Scores ``logits - logit_offset`` with another segmentation loss.
 
     For fine-tuning a model whose classifier bias carries a folded logit adjustment
-    (:func:`tfseg.calibrate.calibrate_run`): the loss it was trained with has its optimum at the
+    (:func:`tfseg.pipeline.calibrate.calibrate_run`): the loss it was trained with has its optimum at the
     unadjusted logits, so fine-tuning with that loss alone slowly trains the adjustment away.
     Scoring the logits minus the folded offset keeps the fine-tuned model adjusted.
 

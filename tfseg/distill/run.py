@@ -8,50 +8,13 @@ export tools take it as they take any run. ``run.json`` also records the teacher
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 from tfseg.calibrate import folded_logit_offset
-from tfseg.distill import losses as kd_losses
+from tfseg.distill.losses.registry import make_distillation_loss
 from tfseg.distill.distiller import Distiller
 from tfseg.errors import ConfigError
 from tfseg.run import TrainConfig, build_model, fit_run, inherited_record, load_run, prepare_run
 from tfseg.train import check_output_classes, make_loss, make_optimizer, segmentation_metrics
-
-LOSSES = {
-    "pixel_kd": kd_losses.PixelKD,
-    "pairwise_kd": kd_losses.PairwiseKD,
-    "csc": kd_losses.CSCLoss,
-    "ace": kd_losses.AdaptiveCrossEntropy,
-    "cwd": kd_losses.ChannelWiseKD,
-}
-
-
-def make_distillation_loss(spec, class_weights=None, logit_offset=None):
-    """A distillation loss from a name (``"pixel_kd"``) or a dict (``{"loss": "cwd", "temperature": 2}``).
-
-    ``class_weights`` (the run's) go to losses with a ground-truth term that take them (PixelKD),
-    unless the spec sets its own, so that a distilled student and its baseline weigh classes alike.
-    So does ``logit_offset``, the calibration folded into a student started from a calibrated run
-    (``tfseg.calibrate.folded_logit_offset``), which that term must not train away.
-
-    Raises:
-      ConfigError: unknown loss name or option, naming it and the choices.
-    """
-    if isinstance(spec, kd_losses.DistillationLoss):
-        return spec
-    options = {"loss": spec} if isinstance(spec, str) else dict(spec)
-    kind = options.pop("loss", None)
-    if kind not in LOSSES:
-        raise ConfigError(f"unknown distillation loss {kind!r}; choose from {', '.join(LOSSES)}")
-    accepted = inspect.signature(LOSSES[kind]).parameters
-    for key, value in (("class_weights", class_weights), ("logit_offset", logit_offset)):
-        if value is not None and key in accepted:
-            options.setdefault(key, value)
-    try:
-        return LOSSES[kind](**options)
-    except TypeError as error:
-        raise ConfigError(f"bad options for distillation loss {kind!r} {options}: {error}") from None
-
 
 @dataclasses.dataclass
 class DistillConfig(TrainConfig):

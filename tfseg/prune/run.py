@@ -90,7 +90,7 @@ def prune_run(
 
     distillation_losses = None
     if distill:
-        from tfseg.distill.run import make_distillation_loss  # lazy: pruning works without distillation
+        from tfseg.distill.losses import make_distillation_loss  # lazy: pruning works without distillation
 
         # Weighs classes like the plain fine-tuning loss and keeps a calibrated model's offset.
         distillation_losses = [make_distillation_loss("pixel_kd", record.get("class_weight_values"),

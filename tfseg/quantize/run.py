@@ -102,7 +102,7 @@ def qat_run(config: QATConfig, verbose="auto"):
     """
     from tfseg.calibrate import folded_logit_offset
     from tfseg.distill.distiller import Distiller
-    from tfseg.distill.run import make_distillation_loss
+    from tfseg.distill.losses import make_distillation_loss
     from tfseg.evaluate import evaluate
     from tfseg.run import fine_tuning_loss, load_run, prepare_run, run_record
     from tfseg.train import CurvesPlot, compile_for_segmentation, make_optimizer, progress_verbosity

@@ -18,8 +18,11 @@ from tfseg.distill.losses.csc import CSCLoss
 from tfseg.distill.losses.cwd import ChannelWiseKD
 from tfseg.distill.losses.pairwise import PairwiseKD
 from tfseg.distill.losses.pixel_kd import PixelKD
+from tfseg.distill.losses.registry import LOSSES, make_distillation_loss
 
 __all__ = [
+    "LOSSES",
+    "make_distillation_loss",
     "DistillationLoss",
     "PixelKD",
     "PairwiseKD",

@@ -1,0 +1,1 @@
+"""Stages that turn a run directory into a run directory."""
