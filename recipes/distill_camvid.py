@@ -22,7 +22,6 @@ run directory is the variant with ``:`` written as ``-``. After the listed varia
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -44,12 +43,13 @@ def test_miou(run_dir: Path, camvid_root=None) -> float:
     """Test mIoU at 360x480 of a run's best model (scored once, cached in eval/test/scores.json)."""
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
-    from tfseg.run import load_run
+    from tfseg.runs import Run
 
-    cached = run_dir / "eval" / "test" / "scores.json"
-    if cached.exists():
-        return float(json.loads(cached.read_text())["miou"])
-    model, _ = load_run(run_dir, input_size=EVAL_SIZE)
+    run = Run.open(run_dir)
+    cached = run.scores("test")
+    if cached is not None:
+        return float(cached["miou"])
+    model = run.model(size=EVAL_SIZE)
     test = seg_data.load("camvid", "test", **({"root": camvid_root} if camvid_root else {}))
     return float(evaluate(model, test, image_size=EVAL_SIZE, batch_size=4, out_dir=run_dir / "eval" / "test",
                           verbose=0)["miou"])
@@ -89,11 +89,12 @@ def check_variants(args) -> None:
     from tfseg import models
     from tfseg.distill import Distiller
     from tfseg.distill.losses import make_distillation_loss
-    from tfseg.run import load_run
+    from tfseg.runs import Run
 
     losses = {variant: [make_distillation_loss(spec) for spec in variant_specs(variant)] for variant in args.variants}
-    teacher, info = load_run(args.teacher, input_size=args.crop)
-    student = models.build(args.student, (*args.crop, 3), info.num_classes)
+    teacher_run = Run.open(args.teacher)
+    teacher = teacher_run.model(size=args.crop)
+    student = models.build(args.student, (*args.crop, 3), teacher_run.num_classes)
     for variant_losses in losses.values():
         Distiller(teacher, student, variant_losses)
 
@@ -109,11 +110,12 @@ def best_combination(rows, k: int) -> str | None:
 
 def train_variant(variant: str, args) -> dict:
     """Trains one variant (unless finished) and returns its val/test figures."""
-    from tfseg.distill.run import DistillConfig, distill_run
-    from tfseg.run import run_record
+    from tfseg.pipeline import distill
+    from tfseg.pipeline.distill import DistillConfig
+    from tfseg.runs import Run
 
     out = Path(args.out) / variant_dir(variant)
-    finished = (out / "run.json").exists() and "train_seconds" in run_record(out)
+    finished = (out / "run.json").exists() and Run.open(out).finished
     if not finished:
         config = DistillConfig(
             out_dir=str(out), model=args.student, dataset="camvid",
@@ -125,9 +127,9 @@ def train_variant(variant: str, args) -> dict:
             teacher_run=args.teacher, losses=variant_specs(variant),
         )
         start = time.time()
-        distill_run(config)
+        distill.run(config)
         print(f"{variant}: {time.time() - start:.0f} s")
-    record = run_record(out)
+    record = Run.open(out).record
     log = (out / "log.csv").read_text().splitlines()
     header = log[0].split(",")
     val = max(float(line.split(",")[header.index("val_miou")]) for line in log[1:])

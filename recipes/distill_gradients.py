@@ -38,14 +38,15 @@ def main(argv=None):
     from tfseg import models
     from tfseg.distill import Distiller
     from tfseg.distill.losses import make_distillation_loss
-    from tfseg.run import load_run
+    from tfseg.runs import Run
 
     losses = [make_distillation_loss(spec) for spec in variant_specs(args.variant)]
-    teacher, info = load_run(args.teacher, input_size=args.crop)
+    teacher_run = Run.open(args.teacher)
+    teacher = teacher_run.model(size=args.crop)
     if args.student_run:
-        student, _ = load_run(args.student_run, input_size=args.crop)
+        student = Run.open(args.student_run).model(size=args.crop)
     else:
-        student = models.build(args.student, (*args.crop, 3), info.num_classes)
+        student = models.build(args.student, (*args.crop, 3), teacher_run.num_classes)
     distiller = Distiller(teacher, student, losses)
     distiller.compile()
     split = seg_data.load("camvid", "train", **({"root": args.camvid} if args.camvid else {}))

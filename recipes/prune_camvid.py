@@ -1,7 +1,7 @@
 """CamVid pruning: iterative L1 filter pruning of the teacher to 75 % of its filters, and magnitude
 pruning to 80 % sparsity.
 
-Filter pruning (``tfseg.prune.run.prune_run``): rounds of --step of the original filters removed,
+Filter pruning (``tfseg.pipeline.prune``): rounds of --step of the original filters removed,
 each followed by --fine-tune-epochs of fine-tuning (by distillation from the unpruned model with
 --distill), until --target. After each round: test mIoU at 360x480 (reported only, never used to
 choose anything), parameters, MACs and LiteRT latency (1 thread). The published VGG experiment
@@ -38,28 +38,26 @@ def magnitude_experiment(run_dir: str, out_dir: str, sparsity: float, epochs: in
     from tfseg.batchnorm import reestimate_batch_norm
     from tfseg.checkpoint import save_model
     from tfseg.evaluate import evaluate
-    from tfseg.models import rebuild
     from tfseg.prune.magnitude import compressed_sizes, format_sparsity, prune_magnitude, pruning_callbacks
     from tfseg.prune.magnitude import sparsity_report, strip
-    from tfseg.run import fine_tuning_loss, load_run, run_record
+    from tfseg.runs import Run
     from tfseg.train import compile_for_segmentation, make_optimizer
 
-    record = run_record(run_dir)
-    crop = tuple(record["crop_size"])
-    model, info = load_run(run_dir, input_size=crop)
-    train, val, test = (seg_data.load(record["dataset"], split, **record["data_options"])
-                        for split in ("train", "val", "test"))
-    augment = seg_data.Augment(**record["augment"]) if record.get("augment") else None
-    data = seg_data.train_pipeline(train, crop, record["batch_size"], augment=augment, seed=record["seed"])
-    steps = -(-len(train) // record["batch_size"]) * epochs
+    run = Run.open(run_dir)
+    crop = run.crop_size
+    model = run.model(size=crop)
+    train, val, test = (run.split(split) for split in ("train", "val", "test"))
+    augment = run.augment if run.record.get("augment") else None  # {} too: plain crops, as before
+    data = seg_data.train_pipeline(train, crop, run.batch_size, augment=augment, seed=run.seed)
+    steps = -(-len(train) // run.batch_size) * epochs
     pruned = prune_magnitude(model, sparsity, end_step=steps - 1, skip=("classifier",))
-    compile_for_segmentation(pruned, info.num_classes, loss=fine_tuning_loss(record, info.num_classes),
+    compile_for_segmentation(pruned, run.num_classes, loss=run.loss(),
                              optimizer=make_optimizer("adam", learning_rate, "constant"))
     pruned.fit(data, epochs=epochs, callbacks=pruning_callbacks(), verbose=2)
     sparse = strip(pruned)
 
     def at_eval_size(m):  # a copy with m's weights as they are now
-        return rebuild(record["model"], m, (*EVAL_SIZE, 3), **record["model_options"])
+        return run.rebuild(m, EVAL_SIZE)
 
     def miou(sized, split):
         return float(evaluate(sized, split, image_size=EVAL_SIZE, batch_size=4, verbose=0)["miou"])
@@ -95,17 +93,17 @@ def retime_rounds(run_dir: str, out_dir: str, threads, runs: int, passes: int = 
     from tfseg.checkpoint import write_json
     from tfseg.prune.filters import rebuild_pruned
     from tfseg.prune.iterative import load_rounds
-    from tfseg.run import run_record
+    from tfseg.runs import Run
     from tfseg.tflite import litert_latency, to_tflite_bytes
     from tfseg._keras import keras
 
-    record = run_record(run_dir)
-    size = tuple(record.get("eval_size") or record["crop_size"])
+    run = Run.open(run_dir)
+    size = run.eval_size
     rows = load_rounds(out_dir)
     flatbuffers = []
     for row in rows:
         model = keras.models.load_model(Path(out_dir) / f"round_{row['round']:02d}.keras", compile=False)
-        flatbuffers.append(to_tflite_bytes(rebuild_pruned(record["model"], model, (*size, 3), **record["model_options"])))
+        flatbuffers.append(to_tflite_bytes(rebuild_pruned(run.model_name, model, (*size, 3), **run.model_options)))
     medians = {(i, n): [] for i in range(len(rows)) for n in threads}
     for _ in range(passes):
         for i, flatbuffer in enumerate(flatbuffers):
@@ -137,12 +135,15 @@ def recover(run_dir: str, pruned_dir: str, epochs: int, learning_rate: float) ->
     """Trains the final pruned model of ``pruned_dir`` further with ``run_dir``'s recipe; val and test mIoU."""
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
-    from tfseg.run import TrainConfig, run_record, train_run
+    from tfseg.pipeline import train
+    from tfseg.pipeline.train import TrainConfig
+    from tfseg.runs import Run
 
     out = f"{pruned_dir.rstrip('/')}-recovered"
-    config = TrainConfig.from_record(run_record(run_dir), out_dir=out, epochs=epochs, learning_rate=learning_rate,
-                                     schedule="poly", init_from=pruned_dir)
-    best, _, val = train_run(config)
+    config = TrainConfig.from_record(Run.open(run_dir).record, out_dir=out, epochs=epochs,
+                                     learning_rate=learning_rate, schedule="poly", init_from=pruned_dir)
+    recovered = train.run(config)
+    best, val = recovered.model(size=recovered.eval_size), recovered.scores(config.val_split)
     test = seg_data.load(config.dataset, "test", **config.data_options)
     scores = evaluate(best, test, image_size=EVAL_SIZE, batch_size=4, out_dir=Path(out) / "eval" / "test", verbose=0)
     return {"out": out, "epochs": epochs, "learning_rate": learning_rate, "val_miou": round(float(val["miou"]), 4),
@@ -179,13 +180,14 @@ def main(argv=None):
         print_rounds(retime_rounds(args.run, args.out, args.threads, args.latency_runs), args.threads)
         return
     if not args.skip_filters:
-        from tfseg.prune.run import prune_run
+        from tfseg.pipeline import prune
 
-        _, rows = prune_run(args.run, args.out, step=args.step, target=args.target,
-                            fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split="test",
-                            learning_rate=args.learning_rate, bn_batches=args.bn_batches,
-                            prune_residual=not args.keep_residual)
-        print_rounds(rows, threads=[1])
+        pruned = prune.run(prune.PruneConfig(
+            args.run, args.out, step=args.step, target=args.target, fine_tune_epochs=args.fine_tune_epochs,
+            distill=args.distill, split="test", learning_rate=args.learning_rate, bn_batches=args.bn_batches,
+            prune_residual=not args.keep_residual,
+        ))
+        print_rounds(pruned.record["rounds"], threads=[1])
     if args.magnitude:
         from tfseg.checkpoint import write_json
 

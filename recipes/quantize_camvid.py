@@ -59,20 +59,22 @@ INT8_MAX_SIZE_RATIO = 0.3
 
 def qat_model(role: str, run: str, args, teacher_run: str | None = None):
     """Fine-tunes (or reuses) the quantization-aware copy of ``run``; returns the best QAT model."""
-    from tfseg.quantize.run import QATConfig, qat_run
-    from tfseg.run import load_run
+    from tfseg.pipeline import quantize
+    from tfseg.pipeline.quantize import QATConfig
+    from tfseg.runs import Run
 
     name = f"{role}-{'qkd' if teacher_run else 'qat'}"
     out = Path(args.out) / name
     if (out / "last.h5").exists() and not args.retrain:
         print(f"{name}: reusing the finished run in {out}", file=sys.stderr)
-        return load_run(out, "best")[0]
+        return Run.open(out).model("best")
     config = QATConfig(run_dir=run, out_dir=str(out), epochs=args.qat_epochs, learning_rate=args.qat_lr,
                        batch_size=args.qat_batch_size, image_size=args.size, teacher_run=teacher_run,
                        calibration_images=args.qat_calibration_images, freeze_batch_norm=args.qat_freeze_bn,
                        seed=args.seed)
     start = time.time()
-    model, _, scores = qat_run(config, verbose=2)
+    qat = quantize.run(config, verbose=2)
+    model, scores = qat.model(size=qat.eval_size), qat.scores(qat.record.get("val_split", "val"))
     print(f"{name}: fine-tuned in {time.time() - start:.0f} s, val mIoU {100 * scores['miou']:.2f}", file=sys.stderr)
     return model
 
@@ -101,15 +103,16 @@ def model_rows(role: str, run: str, args, teacher_run: str | None) -> list[dict]
     from tfseg import data as seg_data
     from tfseg.export import to_tflite
     from tfseg.quantize.ptq import representative_images
-    from tfseg.run import load_run, run_record
+    from tfseg.runs import Run
 
-    record = run_record(run)
+    source = Run.open(run)
+    record = source.record
     options = {"root": args.camvid} if args.camvid else record["data_options"]
     test = seg_data.load(record["dataset"], args.split, **options)
     train = seg_data.load(record["dataset"], "train", **options)
-    model, info = load_run(run, input_size=args.size)
+    model, info = source.model(size=args.size), source.info
     out = Path(args.out)
-    common = dict(info=info, input_size=args.size, model_name=record["model"])
+    common = dict(info=info, input_size=args.size, model_name=source.model_name)
 
     files = {"float": out / f"{role}_float32.tflite", "PTQ int8": out / f"{role}_ptq_int8.tflite"}
     to_tflite(model, files["float"], "none", **common)
@@ -204,10 +207,10 @@ def main(argv=None):
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
 
-    from tfseg.run import run_record
+    from tfseg.runs import Run
 
     for run in [args.teacher] + ([] if args.no_student else [args.student]):
-        run_record(run)  # fail now, not after hours of teacher fine-tuning
+        Run.open(run)  # fail now, not after hours of teacher fine-tuning
     Path(args.out).mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     rows = model_rows("teacher", args.teacher, args, None)

@@ -50,7 +50,7 @@ def weights_dir(path: str | None) -> Path:
 
 
 def teacher_config(args):
-    from tfseg.run import TrainConfig
+    from tfseg.pipeline.train import TrainConfig
 
     options = {"backbone": "mobilenet_v2", "alpha": 1.0, "output_stride": 16}
     if args.init == "imagenet":
@@ -92,21 +92,23 @@ def main(argv=None):
 
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
+    from tfseg.pipeline import train
     from tfseg.pipeline.calibrate import calibrate_run
-    from tfseg.run import load_run, run_record, train_run
+    from tfseg.runs import Run
 
     if not args.evaluate_only:
-        train_run(teacher_config(args))
+        train.run(teacher_config(args))
     # Class-weighted training over-predicts rare classes; the offset that undoes it is fitted on val.
     calibration = calibrate_run(args.out, split="val")
-    model, _ = load_run(args.out, input_size=EVAL_SIZE)
+    run = Run.open(args.out)
+    model = run.model(size=EVAL_SIZE)
     test = seg_data.load("camvid", "test", **({"root": args.camvid} if args.camvid else {}))
     start = time.time()
     scores = evaluate(model, test, image_size=EVAL_SIZE, batch_size=4, out_dir=Path(args.out) / "eval" / "test")
-    record = run_record(args.out)
+    record = run.record
     summary = {
         "run": args.out,
-        "init": "imagenet" if record["model_options"].get("weights") else "random",
+        "init": "imagenet" if run.model_options.get("weights") else "random",
         "epochs": record["epochs"],
         "train_seconds": record.get("train_seconds"),
         "val_miou_as_trained": round(calibration["miou_before"], 4),

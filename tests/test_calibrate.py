@@ -61,13 +61,13 @@ def test_fitted_scores_match_evaluate_before_and_after_folding():
 
 
 def test_calibrate_run_keeps_the_original_and_is_repeatable(tmp_path):
-    from tfseg.run import TrainConfig, train_run
+    from tfseg.pipeline.train import TrainConfig, run
 
     out = tmp_path / "run"
     config = TrainConfig(out_dir=str(out), model="unet_small", data_options={"num_images": 8, "image_size": (32, 32)},
                          crop_size=(32, 32), batch_size=8, epochs=1, augment=None, class_weights="median",
                          class_weight_power=0.5)
-    train_run(config, verbose=0)
+    run(config, verbose=0)
     record = json.loads((out / "run.json").read_text())
     assert record["class_weight_power"] == 0.5
     original = (out / "best.keras").read_bytes()
@@ -99,7 +99,11 @@ def test_calibrate_run_keeps_the_original_and_is_repeatable(tmp_path):
 
 def test_fine_tuning_loss_is_the_runs_own_loss_minus_its_folded_adjustment():
     from tfseg.losses import CEDiceLoss, LogitOffsetLoss, SegmentationCrossEntropy
-    from tfseg.run import fine_tuning_loss
+    from tfseg.runs import Run
+
+    def fine_tuning_loss(record, num_classes):
+        info = {"name": "toy", "class_names": [f"c{i}" for i in range(num_classes)], "palette": [[0, 0, 0]] * num_classes}
+        return Run("toy", {"model": "unet", "dataset": "toy", "crop_size": [8, 8], "info": info, **record}).loss()
 
     weights, bias = [1.0, 2.0, 0.5], [0.1, -0.3, 0.2]
     plain = fine_tuning_loss({"loss": "ce+dice", "class_weight_values": weights}, 3)

@@ -536,24 +536,58 @@ def test_graph_mode_with_unknown_sizes(data):
 # --------------------------------------------------------------------------------------------
 
 
-def test_interface_attributes():
+def _tiny_model(name, output_rank):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(C, 1)(inputs)
+    if output_rank == 2:
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def test_interface_attributes_and_hooks():
+    # name, endpoint, adapter for 8 -> 4 channels, default student loss weight, accepts classifiers
     expected = {
-        PixelKD: ("pixel_kd", "logits", True, True, False),
-        PairwiseKD: ("pairwise_kd", "features", False, False, True),
-        CSCLoss: ("csc", "logits", False, False, True),
-        AdaptiveCrossEntropy: ("ace", "logits", True, True, False),
-        ChannelWiseKD: ("cwd", "logits", True, False, True),
+        PixelKD: ("pixel_kd", "logits", True, 0.0, True),
+        PairwiseKD: ("pairwise_kd", "features", False, 1.0, False),
+        CSCLoss: ("csc", "logits", False, 1.0, False),
+        AdaptiveCrossEntropy: ("ace", "logits", True, 0.0, True),
+        ChannelWiseKD: ("cwd", "logits", True, 1.0, False),
     }
-    for cls, (name, endpoint, same_channels, replaces, spatial) in expected.items():
+    segmenters = (_tiny_model("teacher", 4), _tiny_model("student", 4))
+    classifiers = (_tiny_model("teacher", 2), _tiny_model("student", 2))
+    for cls, (name, endpoint, adapts, student_weight, classifies) in expected.items():
         loss = cls()
         assert isinstance(loss, DistillationLoss)
         assert (loss.name, loss.teacher_endpoint, loss.student_endpoint) == (name, endpoint, endpoint)
-        flags = (cls.needs_same_channels, cls.replaces_student_loss, cls.spatial_only)
-        assert flags == (same_channels, replaces, spatial)
         assert loss.weight == 1.0 and loss.ignore_label == IGNORE
+        assert loss.adapter(4, 4, name="a") is None  # same channel count: never an adapter
+        adapter = loss.adapter(4, 8, name="adapter_0")
+        if adapts:
+            assert isinstance(adapter, keras.layers.Conv2D) and adapter.filters == 4
+            assert adapter.kernel_size == (1, 1) and adapter.name == "adapter_0"
+        else:
+            assert adapter is None  # position x position matrices: any channel counts
+        assert loss.default_student_loss_weight() == student_weight
+        loss.validate(*segmenters)
+        if classifies:
+            loss.validate(*classifiers)
+        else:
+            with pytest.raises(ValueError, match=r"compares spatial maps.*\(classifiers\)"):
+                loss.validate(*classifiers)
     custom = PairwiseKD(weight=0.5, teacher_endpoint="decoder", student_endpoint="features", name="pa_dec")
     got = (custom.weight, custom.teacher_endpoint, custom.student_endpoint, custom.name)
     assert got == (0.5, "decoder", "features", "pa_dec")
+
+
+def test_pairwise_validate_refuses_a_signed_teacher_tap_for_a_relu_student_tap():
+    inputs = keras.Input((8, 8, 3))
+    relu = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="relu", name="features")(inputs), name="s")
+    signed = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="features")(inputs), name="t")
+    PairwiseKD().validate(relu, relu)
+    PairwiseKD().validate(signed, signed)
+    PairwiseKD().validate(relu, signed)  # a signed student can follow a non-negative teacher
+    with pytest.raises(ConfigError, match="'features' of the student 's' is never negative"):
+        PairwiseKD().validate(signed, relu)
 
 
 @pytest.mark.parametrize(
@@ -610,5 +644,9 @@ def test_other_bad_arguments():
         CSCLoss(max_positions=0)
     with pytest.raises(ValueError, match="teacher_endpoint"):
         CSCLoss(teacher_endpoint="")
+    for bad in ("255", 2.5, True):
+        with pytest.raises(ValueError, match=re.escape(f"ignore_label must be an integer or None, got {bad!r}")):
+            ChannelWiseKD(ignore_label=bad)
+    assert PixelKD(ignore_label=254.0).ignore_label == 254 and PixelKD(ignore_label=None).ignore_label is None
     with pytest.raises(ValueError, match="class_weights"):
         PixelKD(class_weights=[1.0, -1.0])

@@ -17,24 +17,24 @@ def teacher_run(tmp_path_factory):
 
 
 def test_distill_run_records_teacher_and_losses(teacher_run, tmp_path):
-    from tfseg.distill.run import DistillConfig, distill_run
-    from tfseg.run import load_run
+    from tfseg.pipeline.distill import DistillConfig, run
 
     config = DistillConfig(
         out_dir=str(tmp_path / "student"), model="fastseg_tiny", data_options={"num_images": 8, "image_size": (32, 32)},
         crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=1, augment=None, class_weights="median",
         teacher_run=str(teacher_run), losses=["pixel_kd", {"loss": "cwd", "temperature": 2.0}],
     )
-    _, history, scores = distill_run(config, verbose=0)
-    assert {"student_loss", "pixel_kd", "cwd", "total_loss", "val_miou"} <= set(history.history)
-    assert 0.0 <= scores["miou"] <= 1.0
+    student_run = run(config, verbose=0)
+    logged = (tmp_path / "student" / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"student_loss", "pixel_kd", "cwd", "total_loss", "val_miou"} <= set(logged)
+    assert 0.0 <= student_run.scores("val")["miou"] <= 1.0 and student_run.stage == "distill"
     record = json.loads((tmp_path / "student" / "run.json").read_text())
     assert record["teacher"]["run"] == str(teacher_run) and record["teacher"]["model"].startswith("unet")
     kd, cwd = record["distillation_losses"]
     assert kd["class"] == "PixelKD" and cwd["temperature"] == 2.0
     # The run's median-frequency weights reach PixelKD's cross-entropy term, as they reach the baseline's CE.
     assert kd["class_weights"] == pytest.approx(record["class_weight_values"])
-    student, _ = load_run(tmp_path / "student", input_size=(48, 64))
+    student = student_run.model(size=(48, 64))
     assert student.name == "fastseg_tiny" and student.output_shape == (None, 48, 64, 6)
 
 
@@ -69,7 +69,7 @@ def test_distill_command_and_its_errors(teacher_run, tmp_path, capsys):
 def test_teacher_trained_on_other_classes_is_refused(teacher_run, tmp_path):
     import shutil
 
-    from tfseg.distill.run import DistillConfig, distill_run
+    from tfseg.pipeline.distill import DistillConfig, run
 
     other = tmp_path / "other-teacher"
     shutil.copytree(teacher_run, other)
@@ -80,7 +80,7 @@ def test_teacher_trained_on_other_classes_is_refused(teacher_run, tmp_path):
                            data_options={"num_images": 8, "image_size": (32, 32)},
                            crop_size=(32, 32), epochs=1, augment=None, teacher_run=str(other))
     with pytest.raises(ConfigError, match="trained on classes"):
-        distill_run(config, verbose=0)
+        run(config, verbose=0)
 
 
 def test_ablation_recipe_refuses_taps_the_distiller_refuses_before_training(teacher_run, tmp_path):

@@ -11,6 +11,7 @@ from tfseg.distill import (
     AdaptiveCrossEntropy,
     ChannelWiseKD,
     CSCLoss,
+    DistillationLoss,
     Distiller,
     PairwiseKD,
     PixelKD,
@@ -98,6 +99,48 @@ def test_adapter_maps_student_channels_and_stays_out_of_the_student(pair):
     assert not any(layer.name.startswith("adapter") for layer in student.layers)
     # The adapter trained (gradients reach it), the student saved without it.
     assert np.abs(adapters[0].kernel.numpy()).sum() > 0
+
+
+class SquaredFeatures(DistillationLoss):
+    """A user's loss: it steers the Distiller through the hooks alone, no Distiller change."""
+
+    default_name = "squared_features"
+    default_teacher_endpoint = "decoder"
+    default_student_endpoint = "decoder"
+
+    def validate(self, teacher, student):
+        super().validate(teacher, student)
+        self.validated = (teacher.name, student.name)
+
+    def adapter(self, teacher_channels, student_channels, name):
+        return keras.layers.Dense(teacher_channels, name=name)  # its own kind of adapter
+
+    def default_student_loss_weight(self):
+        return 0.5
+
+    def compute(self, teacher, student, labels):
+        return tf.reduce_mean(tf.square(teacher - student), axis=[1, 2, 3])
+
+
+def test_the_distiller_asks_each_loss_through_its_hooks(pair):
+    teacher, _ = pair
+    student = fresh_student()
+    loss = SquaredFeatures()
+    distiller = Distiller(teacher, student, [loss])
+    assert loss.validated == (teacher.name, student.name)
+    adapter = distiller.adapters[0]
+    assert isinstance(adapter, keras.layers.Dense) and adapter.kernel.shape == (64, 16)  # built at construction
+    assert distiller.student_loss_weight == 0.5
+    # The smallest weight asked for wins (PixelKD holds the ground-truth term); an explicit one overrides all.
+    assert Distiller(teacher, student, [loss, PixelKD()]).student_loss_weight == 0.0
+    assert Distiller(teacher, student, [loss], student_loss_weight=2.0).student_loss_weight == 2.0
+    assert Distiller(teacher, student, []).student_loss_weight == 1.0
+    distiller.compile("adam")
+    before = adapter.kernel.numpy().copy()
+    logs = distiller.fit(segmentation_data(num=4), epochs=1, verbose=0).history
+    np.testing.assert_allclose(
+        logs["total_loss"], 0.5 * np.asarray(logs["student_loss"]) + np.asarray(logs["squared_features"]), rtol=1e-4)
+    assert not np.array_equal(before, adapter.kernel.numpy())  # the loss's adapter trains with the student
 
 
 def test_only_student_and_adapter_variables_train(pair):

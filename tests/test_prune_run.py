@@ -17,11 +17,12 @@ def test_round_targets():
 
 
 def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, capsys):
-    from tfseg.run import TrainConfig, build_model, load_run, train_run
+    from tfseg.pipeline.train import TrainConfig, run, start
+    from tfseg.runs import Run
 
     source = tmp_path / "run"
     # DeepLabV3 has a fixed input size: scoring at the evaluation size needs rebuild_pruned.
-    train_run(TrainConfig(out_dir=str(source), model="deeplabv3_mobilenet_v2",
+    run(TrainConfig(out_dir=str(source), model="deeplabv3_mobilenet_v2",
                           model_options={"alpha": 0.35, "aspp_filters": 16},
                           data_options={"num_images": 8, "image_size": (32, 32)},
                           crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=1, augment=None), verbose=0)
@@ -36,7 +37,11 @@ def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, caps
     assert (out / "pruning.png").stat().st_size > 0 and (out / "round_02.keras").exists()
     assert "val_miou" in capsys.readouterr().out
 
-    pruned, info = load_run(out, input_size=(48, 64))
+    pruned_run = Run.open(out)
+    pruned, info = pruned_run.model(size=(48, 64)), pruned_run.info
+    # A fresh record: the source's lineage, not its timings or folder.
+    assert pruned_run.stage == "prune" and pruned_run.record["out_dir"] == str(out)
+    assert "train_seconds" not in pruned_run.record and pruned_run.record["source"] == str(source)
     assert pruned.output_shape == (None, 48, 64, info.num_classes)
     assert pruned.count_params() == rows[-1]["params"]
     assert main(["evaluate", str(out), "--split", "test", "--overlays", "0"]) == 0
@@ -48,11 +53,11 @@ def test_prune_command_rounds_to_target_and_writes_a_loadable_run(tmp_path, caps
                  "--no-augment", "--out", str(recovered), *data]) == 0
     record = json.loads((recovered / "run.json").read_text())
     assert record["filter_pruned"] and record["init_from"] == str(out) and record["num_params"] == rows[-1]["params"]
-    model, _ = load_run(recovered, input_size=(48, 64))
+    model = Run.open(recovered).model(size=(48, 64))
     assert model.count_params() == rows[-1]["params"]
-    start = build_model(TrainConfig(model=record["model"], model_options=record["model_options"], crop_size=(32, 32),
-                                    init_from=str(out)), info)
-    for got, want in zip(start.get_weights(), load_run(out, input_size=(32, 32))[0].get_weights()):
+    _, first = start(TrainConfig(model=record["model"], model_options=record["model_options"], crop_size=(32, 32),
+                                 data_options={"num_images": 8, "image_size": (32, 32)}, init_from=str(out)), "train")
+    for got, want in zip(first.get_weights(), pruned_run.model(size=(32, 32)).get_weights()):
         np.testing.assert_array_equal(got, want)  # the pruned weights, not a fresh initialisation
     assert main(["train", "--init-from", str(out), "--model", "unet_small", "--crop-size", "32", "--epochs", "1",
                  "--out", str(tmp_path / "wrong"), *data]) == 2

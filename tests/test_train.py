@@ -103,23 +103,24 @@ def test_evaluation_agrees_with_keras_metric_at_equal_resolution():
 
 
 def test_fixed_size_model_is_trained_at_crop_size_and_rebuilt_for_evaluation(tmp_path):
-    from tfseg.run import TrainConfig, load_run, train_run
+    from tfseg.pipeline.train import TrainConfig, run
 
     config = TrainConfig(
         out_dir=str(tmp_path / "run"), model="deeplabv3_mobilenet_v2",
         model_options={"alpha": 0.35, "aspp_filters": 8}, data_options={"num_images": 8, "image_size": (32, 32)},
         crop_size=(32, 32), eval_size=(48, 64), batch_size=8, epochs=2, augment=None,
     )
-    _, _, scores = train_run(config, verbose=0)
+    trained_run = run(config, verbose=0)
+    scores = trained_run.scores("val")
     assert 0.0 <= scores["miou"] <= 1.0
     # Model selection used the same protocol as the final evaluation: the best epoch's logged
     # val_miou is the final score (the rebuilt model is refreshed with each epoch's weights).
     log = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert len(log) == 2
     np.testing.assert_allclose(max(float(row["val_miou"]) for row in log), scores["miou"], rtol=1e-6)
-    trained, _ = load_run(tmp_path / "run")
+    trained = trained_run.model()
     assert trained.input_shape == (None, 32, 32, 3)  # image pooling needs a fixed size
-    rebuilt, info = load_run(tmp_path / "run", input_size=(48, 64))
+    rebuilt, info = trained_run.model(size=(48, 64)), trained_run.info
     assert rebuilt.output_shape == (None, 48, 64, info.num_classes)
     for name in ("Conv1", "aspp_pool_conv"):  # a backbone layer and a head layer kept their weights
         np.testing.assert_array_equal(trained.get_layer(name).get_weights()[0], rebuilt.get_layer(name).get_weights()[0])

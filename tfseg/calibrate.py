@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfseg import data as seg_data
 from tfseg._keras import keras, tf
-from tfseg.evaluate import label_size_logits, model_input_size
-from tfseg.metrics import confusion_matrix, scores_from_confusion
-from tfseg.train import progress_verbosity
+from tfseg.evaluate import ConfusionMatrix, stream
+from tfseg.predictors import as_predictor
 
 DEFAULT_STRENGTHS = tuple(np.round(np.linspace(0.0, 1.0, 9), 3))
 
@@ -41,7 +39,17 @@ def fit_logit_adjustment(model, split, class_weights, *, image_size=None, streng
                          batch_size: int = 4, verbose="auto"):
     """Chooses the strength ``s`` of ``-s * log(w)`` that maximises mIoU on ``split``.
 
-    One pass over the split at full label resolution; every strength is scored on the same logits.
+    One pass over the split at full label resolution (``tfseg.evaluate.stream``); every strength
+    is scored on the same logits.
+
+    Args:
+      model: a Keras model (or any ``tfseg.predictors`` predictor or exported model path).
+      split: the validation split.
+      class_weights: the per-class weights the model was trained with.
+      image_size: (height, width) fed to the model; required when it accepts any size.
+      strengths: the strengths tried.
+      batch_size: evaluation batch size.
+      verbose: 0 is silent; otherwise a progress bar.
 
     Returns:
       ``(best strength, its per-class bias as a list, {strength: mIoU})``; ties go to the smaller
@@ -52,17 +60,10 @@ def fit_logit_adjustment(model, split, class_weights, *, image_size=None, streng
         raise ValueError(f"{len(class_weights)} class weights for {info.num_classes} classes of {info.name!r}")
     strengths = sorted(float(s) for s in strengths)
     biases = {s: prior_bias(class_weights, s) for s in strengths}
-    confusions = {s: np.zeros((info.num_classes,) * 2, dtype=np.int64) for s in strengths}
-    logits_at = label_size_logits(model)
-    progress = keras.utils.Progbar(len(split), unit_name="image", verbose=progress_verbosity(verbose))
-    for images, masks in seg_data.eval_pipeline(split, model_input_size(model, image_size), batch_size):
-        logits = logits_at(images, tf.shape(masks)[1:3]).numpy()
-        masks = masks.numpy()
-        for s in strengths:
-            confusions[s] += confusion_matrix(masks, np.argmax(logits + biases[s], axis=-1), info.num_classes,
-                                              info.ignore_label)
-        progress.add(len(masks))
-    by_strength = {s: float(scores_from_confusion(confusions[s], info.class_names)["miou"]) for s in strengths}
+    predictor = as_predictor(model, image_size)
+    confusions = {s: ConfusionMatrix(predictor, info.num_classes, info.ignore_label, bias=biases[s]) for s in strengths}
+    stream([predictor], split, list(confusions.values()), batch_size=batch_size, verbose=verbose)
+    by_strength = {s: float(confusions[s].scores(info.class_names)["miou"]) for s in strengths}
     best = max(strengths, key=lambda s: (by_strength[s], -s))
     return best, biases[best].tolist(), by_strength
 
@@ -119,7 +120,7 @@ def folded_logit_offset(record: dict) -> list | None:
 
     Runs derived from a calibrated run (pruned, quantization-aware) copy its record and weights,
     so they carry the same offset; their fine-tuning loss must subtract it
-    (``tfseg.run.fine_tuning_loss``).
+    (``tfseg.runs.Run.loss``).
     """
     adjustment = record.get("logit_adjustment") or {}
     return adjustment.get("bias")

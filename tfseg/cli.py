@@ -1,6 +1,8 @@
 """The ``tfseg`` command: a thin layer over the library functions.
 
-    tfseg quickstart                       train + evaluate a small U-Net on built-in synthetic scenes
+    tfseg quickstart                       the whole chain on built-in synthetic scenes (train, distill, prune,
+                                           QAT, int8 export, LiteRT check, device runner), a table and a picture
+    tfseg run CHAIN.toml                   a chain of stages from a file (finished stages are kept)
     tfseg train --dataset camvid ...       train any zoo model on any dataset
     tfseg distill --teacher RUN_DIR ...    train a small student from a trained teacher (knowledge distillation)
     tfseg prune RUN_DIR --out DIR          iterative L1 filter pruning with fine-tuning, per-round figures
@@ -18,9 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from tfseg import options as names
 from tfseg.errors import ConfigError, DataError
 from tfseg.options import loss_spec, option_value
 from tfseg.options import size as parse_size
+
+# The commands import TensorFlow only once they run (so --help and argument errors are instant):
+# every tfseg import below that pulls it in sits inside the command's function.
 
 
 def _data_options(args) -> dict:
@@ -46,10 +52,10 @@ def _training_options(args) -> dict:
     """TrainConfig fields shared by ``train`` and ``distill``."""
     model, model_options = args.model or args.default_model, {}
     if args.init_from:  # the source run's architecture unless --model says otherwise (then it must match)
-        from tfseg.run import run_record
+        from tfseg.runs import Run
 
-        source = run_record(args.init_from)
-        model, model_options = args.model or source["model"], source.get("model_options") or {}
+        source = Run.open(args.init_from)
+        model, model_options = args.model or source.model_name, source.model_options
     options = dict(
         out_dir=args.out, model=model, model_options=model_options, dataset=args.dataset,
         data_options=_data_options(args), init_from=args.init_from,
@@ -63,33 +69,37 @@ def _training_options(args) -> dict:
     return options
 
 
-def _cmd_train(args) -> int:
-    from tfseg.run import TrainConfig, train_run
+def _print_val(run, what: str = "val"):
+    scores = run.scores(run.record.get("val_split", "val")) or {}
+    print(f"\n{what} mIoU {100 * scores.get('miou', float('nan')):.2f}  ->  run directory {run.path}")
 
-    _, _, scores = train_run(TrainConfig(**_training_options(args)))
-    print(f"\nval mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out}")
+
+def _cmd_train(args) -> int:
+    from tfseg.pipeline import train
+
+    _print_val(train.run(train.TrainConfig(**_training_options(args))))
     return 0
 
 
 def _cmd_distill(args) -> int:
-    from tfseg.distill.run import DistillConfig, distill_run
+    from tfseg.pipeline import distill
 
     losses = [] if args.no_distillation else [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
-    config = DistillConfig(**_training_options(args), teacher_run=args.teacher, losses=losses,
-                           student_loss_weight=args.student_loss_weight)
-    _, _, scores = distill_run(config)
-    print(f"\nstudent val mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out}")
+    config = distill.DistillConfig(**_training_options(args), teacher_run=args.teacher, losses=losses,
+                                   student_loss_weight=args.student_loss_weight)
+    _print_val(distill.run(config), "student val")
     return 0
 
 
 def _cmd_prune(args) -> int:
-    from tfseg.prune.run import prune_run
+    from tfseg.pipeline import prune
 
-    _, rows = prune_run(args.run_dir, args.out, step=args.step, target=args.target,
-                        fine_tune_epochs=args.fine_tune_epochs, distill=args.distill, split=args.split,
-                        criterion=args.criterion, scope=args.scope, learning_rate=args.lr,
-                        latency_threads=args.latency_threads, bn_batches=args.bn_batches,
-                        prune_residual=not args.keep_residual)
+    pruned = prune.run(prune.PruneConfig(
+        args.run_dir, args.out, step=args.step, target=args.target, fine_tune_epochs=args.fine_tune_epochs,
+        distill=args.distill, split=args.split, criterion=args.criterion, scope=args.scope,
+        learning_rate=args.lr, latency_threads=args.latency_threads, bn_batches=args.bn_batches,
+        prune_residual=not args.keep_residual))
+    rows = pruned.record["rounds"]
     keys = list(rows[0])
     print("\n" + " | ".join(keys))
     for row in rows:
@@ -99,87 +109,70 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from tfseg.quantize.run import QATConfig, qat_run
+    from tfseg.pipeline import quantize
 
     losses = [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
-    config = QATConfig(run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs,
-                       learning_rate=args.lr, batch_size=args.batch_size, image_size=args.image_size,
-                       preserve_sparsity=args.preserve_sparsity, teacher_run=args.teacher, losses=losses,
-                       augment=not args.no_augment, calibration_images=args.calibration_images,
-                       freeze_batch_norm=args.freeze_bn, seed=args.seed)
-    _, _, scores = qat_run(config)
-    print(f"\nquantization-aware val mIoU {100 * scores['miou']:.2f}  ->  run directory {args.out} "
-          f"(next: tfseg export {args.out} --out MODEL.tflite)")
+    config = quantize.QATConfig(
+        run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs, learning_rate=args.lr,
+        batch_size=args.batch_size, image_size=args.image_size, preserve_sparsity=args.preserve_sparsity,
+        teacher_run=args.teacher, losses=losses, augment=not args.no_augment,
+        calibration_images=args.calibration_images, freeze_batch_norm=args.freeze_bn, seed=args.seed)
+    _print_val(quantize.run(config), "quantization-aware val")
+    print(f"next: tfseg export {args.out} --out MODEL.tflite")
     return 0
 
 
-def _run_model(args):
-    """A run's model at its evaluation size (or --image-size), with its record and dataset choice.
-
-    Returns (model, info, record, size, dataset, data options).
-    """
-    from tfseg.run import load_run, run_record
-
-    record = run_record(args.run_dir)
-    size = args.image_size or tuple(record.get("eval_size") or record["crop_size"])
-    model, info = load_run(args.run_dir, args.which, input_size=size)
-    options = _data_options(args) if (args.data_dir or args.data_option) else record["data_options"]
-    return model, info, record, size, args.dataset or record["dataset"], options
-
-
 def _cmd_export(args) -> int:
-    from tfseg import data as seg_data
-    from tfseg import export
-    from tfseg.quantize.ptq import representative_images
-    from tfseg.quantize.qat import is_quantization_aware
+    from tfseg.pipeline import export
 
-    model, info, record, size, dataset, options = _run_model(args)
-    common = dict(info=info, input_size=size, model_name=record["model"])
-    if args.format == "saved_model":
-        result = export.to_saved_model(model, args.out, **common)
-    else:
-        quantization = args.quantization
-        if is_quantization_aware(model) and quantization != "int8":
-            raise ConfigError(f"{args.run_dir} is quantization-aware: it exports as int8 only")
-        representative = None
-        if quantization == "int8" and not is_quantization_aware(model):
-            train = seg_data.load(dataset, args.calibration_split, **options)
-            representative = representative_images(train, size, args.calibration_images, seed=args.seed)
-        result = export.to_tflite(model, args.out, quantization, io_dtype=args.io_dtype,
-                                  representative_data=representative, **common)
-    size_text = f" ({result['bytes'] / 1024:.0f} KiB)" if "bytes" in result else ""
-    print(f"wrote {result['path']}{size_text} and {result['sidecar']}")
-    if args.verify_split:
-        split = seg_data.load(dataset, args.verify_split, **options)
-        report = export.verify(model, args.out, split, info=info, image_size=size, max_images=args.verify_images)
-        print(f"{dataset}/{args.verify_split}, {report['num_images']} images: argmax agreement "
-              f"{100 * report['agreement']:.2f} %, mIoU {100 * report['miou_exported']:.2f} exported vs "
-              f"{100 * report['miou_keras']:.2f} Keras")
+    options = _data_options(args) if (args.data_dir or args.data_option) else None
+    report = export.run(export.ExportConfig(
+        run_dir=args.run_dir, out=args.out, format=args.format, quantization=args.quantization,
+        io_dtype=args.io_dtype, image_size=args.image_size, which=args.which,
+        calibration_split=args.calibration_split, calibration_images=args.calibration_images,
+        verify_split=args.verify_split, verify_images=args.verify_images, dataset=args.dataset,
+        data_options=options, seed=args.seed))
+    size_text = f" ({report['bytes'] / 1024:.0f} KiB)" if "bytes" in report else ""
+    print(f"wrote {report['path']}{size_text} and {report['sidecar']}")
+    if "verify" in report:
+        checked = report["verify"]
+        print(f"{checked['data']}, {checked['num_images']} images: argmax agreement "
+              f"{100 * checked['agreement']:.2f} %, mIoU {100 * checked['miou_exported']:.2f} exported vs "
+              f"{100 * checked['miou_keras']:.2f} Keras")
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
+    from tfseg.runs import Run
 
-    model, _, _, size, dataset, options = _run_model(args)
-    split = seg_data.load(dataset, args.split, **options)
-    out = Path(args.out or Path(args.run_dir) / "eval" / args.split)
+    run = Run.open(args.run_dir)
+    size = args.image_size or run.eval_size
+    model = run.model(args.which, size=size)
+    if args.dataset or args.data_dir or args.data_option:
+        options = _data_options(args) if (args.data_dir or args.data_option) else run.record.get("data_options", {})
+        split = seg_data.load(args.dataset or run.record["dataset"], args.split, **options)
+    else:
+        split = run.split(args.split)
+    out = Path(args.out or run.path / "eval" / args.split)
     scores = evaluate(model, split, image_size=size, batch_size=args.batch_size, out_dir=out,
                       num_overlays=args.overlays)
-    print(f"\n{dataset}/{args.split}: mIoU {100 * scores['miou']:.2f}, pixel accuracy "
+    print(f"\n{split.name}: mIoU {100 * scores['miou']:.2f}, pixel accuracy "
           f"{100 * scores['pixel_accuracy']:.2f}; report in {out}")
     return 0
 
 
 def _cmd_calibrate(args) -> int:
-    from tfseg.pipeline.calibrate import calibrate_run
+    from tfseg.pipeline import calibrate
 
-    options = {"strengths": [float(v) for v in args.strengths.split(",")]} if args.strengths else {}
-    summary = calibrate_run(args.run_dir, split=args.split, **options)
+    config = calibrate.CalibrateConfig(args.run_dir, split=args.split)
+    if args.strengths:
+        config.strengths = tuple(float(v) for v in args.strengths.split(","))
+    summary = calibrate.run(config).record["logit_adjustment"]
     print(f"\nlogit adjustment strength {summary['strength']} chosen on {args.split}: mIoU "
           f"{100 * summary['miou_before']:.2f} -> {100 * summary['miou_after']:.2f}; "
-          f"best.keras adjusted, original kept as best_uncalibrated.keras")
+          f"best.keras adjusted, original kept as {calibrate.UNCALIBRATED}.keras")
     return 0
 
 
@@ -193,25 +186,35 @@ def _cmd_check_data(args) -> int:
     return 0
 
 
-def _cmd_quickstart(args) -> int:
-    from tfseg import data as seg_data
-    from tfseg.evaluate import evaluate
-    from tfseg.run import TrainConfig, load_run, train_run
+def _run_chain(chain_file, overrides, summary_split: str | None) -> int:
+    from tfseg.pipeline import chain, summary
 
     start = time.time()
-    out = Path(args.out)
-    # Scenes are varied enough without augmentation, which only slows learning here (measured:
-    # 75.8 vs 69.6 val mIoU after 12 epochs with mild augmentation).
-    config = TrainConfig(out_dir=str(out), epochs=args.epochs, augment=None)
-    print(f"tfseg quickstart: U-Net ({config.model}) on synthetic scenes, {config.epochs} epochs -> {out}")
-    train_run(config)
-    print("\nTest split, full label resolution:")
-    best, _ = load_run(out, input_size=config.crop_size)
-    model_scores = evaluate(best, seg_data.load(config.dataset, "test"), image_size=config.crop_size,
-                            out_dir=out / "eval" / "test")
-    print(f"\nDone in {time.time() - start:.0f} s. Test mIoU {100 * model_scores['miou']:.2f}.")
-    print(f"Look at {out}/curves.png, {out}/eval/test/overlays/ and {out}/eval/test/confusion.png")
+    settings, stages = chain.load(chain_file, overrides)
+    out = Path(settings.get("out", "tfseg_chain"))
+    print(f"tfseg: {len(stages)} stages ({', '.join(f'{s.name}:{s.kind}' for s in stages)}) -> {out}")
+    chain.run_stages(stages)
+    if summary_split:
+        result = summary.summarize(stages, out, split_name=summary_split)
+        print(f"\n{result['table']}\n")
+        print(f"Written: {out}/summary.md, {out}/summary.png (mIoU against latency), {out}/overlays/")
+    print(f"Done in {time.time() - start:.0f} s.")
     return 0
+
+
+def _cmd_run(args) -> int:
+    return _run_chain(args.chain, args.set, args.summary_split)
+
+
+def _cmd_quickstart(args) -> int:
+    from importlib import resources
+
+    chain_file = resources.files("tfseg.pipeline") / "chains" / ("camvid.toml" if args.data_dir else "quickstart.toml")
+    overrides = [f"out={args.out!r}".replace("'", '"')] + list(args.set or ())
+    if args.data_dir:
+        overrides.append(f'data_options={{ root = "{args.data_dir}" }}')
+    with resources.as_file(chain_file) as path:
+        return _run_chain(path, overrides, "test")
 
 
 def _add_training_args(p, default_model="unet_small"):
@@ -227,13 +230,13 @@ def _add_training_args(p, default_model="unet_small"):
                    help="model input size for validation on full-resolution labels (default: crop size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--loss", default="ce", choices=("ce", "dice", "ce+dice"), help="ground-truth loss")
+    p.add_argument("--loss", default="ce", choices=names.GROUND_TRUTH_LOSSES, help="ground-truth loss")
     p.add_argument("--class-weights", choices=("median",), help="median-frequency class weights")
     p.add_argument("--class-weight-power", type=float, default=1.0,
                    help="raise the class weights to this power (0.5 softens them; default 1)")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    p.add_argument("--optimizer", default="adam", choices=names.OPTIMIZERS)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--schedule", default="poly", choices=("constant", "poly", "cosine"))
+    p.add_argument("--schedule", default="poly", choices=names.SCHEDULES)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a killed run)")
@@ -243,10 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("quickstart", help="train and evaluate a small U-Net on built-in synthetic scenes")
+    q = sub.add_parser("quickstart", help="the whole chain on built-in synthetic scenes (or --data-dir CamVid)")
     q.add_argument("--out", default="tfseg_quickstart")
-    q.add_argument("--epochs", type=int, default=12)
+    q.add_argument("--data-dir", help="run the chain on a CamVid-layout folder instead, with CPU-sized settings")
+    q.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE",
+                   help="change one option of the chain, repeatable (e.g. teacher.epochs=4)")
     q.set_defaults(func=_cmd_quickstart)
+
+    r = sub.add_parser("run", help="run a chain of stages from a TOML file (finished stages are kept)")
+    r.add_argument("chain", help="the chain file (see tfseg/pipeline/chains/quickstart.toml)")
+    r.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", help="change one option, repeatable")
+    r.add_argument("--summary-split", help="after the chain, score every model on this split: table and picture")
+    r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("train", help="train a zoo model")
     _add_training_args(t)
@@ -270,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune-epochs", type=int, default=2)
     p.add_argument("--distill", action="store_true", help="fine-tune by distillation from the unpruned model")
     p.add_argument("--split", default="val", help="split scored after each round")
-    p.add_argument("--criterion", default="l1", choices=("l1", "l2", "bn_gamma"))
-    p.add_argument("--scope", default="layer", choices=("layer", "global"))
+    p.add_argument("--criterion", default="l1", choices=names.PRUNING_CRITERIA)
+    p.add_argument("--scope", default="layer", choices=names.PRUNING_SCOPES)
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
     p.add_argument("--latency-threads", type=int, default=1, help="LiteRT threads for per-round latency (0: skip)")
     p.add_argument("--keep-residual", action="store_true",
@@ -304,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run directory (float, pruned or quantization-aware)")
     x.add_argument("--out", required=True, help="the .tflite file or the SavedModel directory")
     x.add_argument("--which", default="best", choices=("best", "last"))
-    x.add_argument("--format", default="tflite", choices=("tflite", "saved_model"))
-    x.add_argument("--quantization", default="int8", choices=("int8", "float16", "dynamic", "none"))
-    x.add_argument("--io-dtype", choices=("uint8", "int8", "float32"),
+    x.add_argument("--format", default="tflite", choices=names.EXPORT_FORMATS)
+    x.add_argument("--quantization", default="int8", choices=names.QUANTIZATIONS)
+    x.add_argument("--io-dtype", choices=names.IO_DTYPES,
                    help="int8 model input/output type (default uint8)")
     x.add_argument("--image-size", type=parse_size, help="input size (default: the run's eval size)")
     x.add_argument("--calibration-split", default="train", help="split the int8 calibration images come from")

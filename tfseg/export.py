@@ -38,8 +38,10 @@ from tfseg._keras import keras, tf
 from tfseg.checkpoint import DIR_MODE, atomic_write, deployable, write_json
 from tfseg.data.info import IGNORE_LABEL, DatasetInfo
 from tfseg.errors import ConfigError
-from tfseg.metrics import confusion_matrix, scores_from_confusion
+from tfseg.evaluate import Agreement, ConfusionMatrix, stream
 from tfseg.models.common import unwrapped_name
+from tfseg.options import FLOAT_QUANTIZATION_ALIASES, IO_DTYPES, QUANTIZATIONS
+from tfseg.predictors import KerasPredictor, load_predictor, model_input_size
 from tfseg.quantize.qat import is_quantization_aware
 from tfseg.tflite import (
     embed_metadata,
@@ -50,8 +52,6 @@ from tfseg.tflite import (
 )
 
 FORMAT = "tfseg/1"
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-IO_DTYPES = ("uint8", "int8", "float32")
 SIDECAR_SUFFIX = ".json"
 # Names of the layer that normalises pixels inside tfseg models (ResNet and VGG backbones call
 # their Caffe-style mean subtraction "preprocess").
@@ -143,7 +143,7 @@ def model_metadata(
 
     Args:
       model: the Keras model being exported (for its normalisation and class count).
-      info: the dataset's classes, palette and ignore label (``load_run`` returns it).
+      info: the dataset's classes, palette and ignore label (``Run.info``).
       quantization: ``none``, ``float16``, ``dynamic`` or ``int8``.
       input_dtype, output_dtype: the exported model's tensor types.
       input_size: (height, width) of the exported input (default: the model's).
@@ -197,8 +197,6 @@ def input_size_of(model, input_size=None) -> tuple[int, int]:
     Raises:
       ConfigError: neither is known, or they differ.
     """
-    from tfseg.evaluate import model_input_size
-
     try:
         return tuple(int(v) for v in model_input_size(model, input_size))
     except ValueError as error:
@@ -324,7 +322,7 @@ def to_tflite(
       >>> to_tflite(qat_model, "runs/camvid/student-qat/student_int8.tflite", "int8", info=info)
     """
     model = deployable(model)
-    quantization = "none" if quantization in (None, "float32") else quantization
+    quantization = "none" if quantization in FLOAT_QUANTIZATION_ALIASES else quantization
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if io_dtype is None:
@@ -513,59 +511,6 @@ def _replace_directory(new: Path, path: Path):
 # ------------------------------------------------------------------------------ parity
 
 
-def _examples(data, limit):
-    """(image float32 (H, W, 3), mask int (H, W)) pairs from a split, a dataset or arrays."""
-    if hasattr(data, "dataset") and hasattr(data, "info"):  # a tfseg split
-        data = data.dataset()
-    if isinstance(data, tf.data.Dataset):
-        items = data.as_numpy_iterator()
-    else:
-        images, masks = data
-        items = zip(np.asarray(images), np.asarray(masks))
-    count = 0
-    for image, mask in items:
-        image, mask = np.asarray(image, np.float32), np.asarray(mask)
-        if image.ndim == 4:  # a batched dataset
-            pairs = zip(image, mask)
-        else:
-            pairs = [(image, mask)]
-        for pair in pairs:
-            if limit is not None and count >= limit:
-                return
-            count += 1
-            yield pair
-
-
-class _Exported:
-    """Runs an exported model like ``verify`` needs: image in, logits or a class map out."""
-
-    def __init__(self, path, num_threads):
-        self.path = Path(path)
-        if self.path.is_dir() and (self.path / "saved_model.pb").exists():
-            self.kind = "saved_model"
-            self._serve = tf.saved_model.load(str(self.path)).signatures["serving_default"]
-            self.metadata = json.loads((self.path / "assets.extra" / "tfseg.json").read_text()) if (
-                self.path / "assets.extra" / "tfseg.json").exists() else None
-        elif self.path.is_file():
-            self.kind = "tflite"
-            data = self.path.read_bytes()
-            self._runner = interpreter(data, num_threads)
-            self.metadata = read_metadata(data)
-            self.input_size = tuple(int(v) for v in self._runner.get_input_details()[0]["shape"][1:3])
-        else:
-            raise FileNotFoundError(f"{self.path}: neither a .tflite file nor a SavedModel directory")
-
-    @property
-    def quantization(self):
-        return (self.metadata or {}).get("quantization", "unknown")
-
-
-def _labels(logits, label_size) -> np.ndarray:
-    """Argmax after resizing logits bilinearly to the labels' size: ``tfseg.evaluate``'s protocol."""
-    resized = tf.image.resize(tf.convert_to_tensor(logits, tf.float32), label_size, method="bilinear")
-    return tf.argmax(resized, axis=-1, output_type=tf.int32).numpy()
-
-
 def verify(
     keras_model,
     exported_path,
@@ -583,7 +528,10 @@ def verify(
     TFLite files run in LiteRT (float images resized to the model's input size, as in
     evaluation); SavedModels through their ``serving_default`` signature on the uint8 images at
     their own size. Both predictions are taken at the labels' resolution (logits resized
-    bilinearly, then argmax), where agreement and mIoU are measured.
+    bilinearly, then argmax), where agreement and mIoU are measured: one pass of
+    ``tfseg.evaluate.stream`` with a ``KerasPredictor`` and the export's predictor
+    (``tfseg.predictors.load_predictor``), so the two mIoUs are what ``tfseg.evaluate.evaluate``
+    reports for the model and for the file.
 
     Args:
       keras_model: the model that was exported (or a Distiller).
@@ -615,54 +563,40 @@ def verify(
       >>> print(f"{report['agreement']:.1%} agreement, mIoU {report['miou_exported']:.3f}")
     """
     keras_model = deployable(keras_model)
-    exported = _Exported(exported_path, num_threads)
+    exported = load_predictor(exported_path, num_threads=num_threads)
     num_classes = int(keras_model.output_shape[-1])
+    if exported.num_classes != num_classes:
+        raise ConfigError(f"{exported.path} outputs {exported.num_classes} classes, the Keras model {num_classes}")
     if info is None and hasattr(data, "info"):
         info = data.info
     ignore_label = info.ignore_label if info is not None else IGNORE_LABEL
-    if exported.kind == "tflite":
+    if exported.input_size is not None:  # TFLite: a fixed size
         size = exported.input_size
     elif image_size is not None or None not in tuple(keras_model.input_shape[1:3]):
         size = input_size_of(keras_model, image_size)
     else:
         meta_input = (exported.metadata or {}).get("input", {})
         size = input_size_of(keras_model, (meta_input.get("height"), meta_input.get("width")))
+    keras = KerasPredictor(keras_model, size)
 
-    cm_keras = np.zeros((num_classes, num_classes), np.int64)
-    cm_exported = np.zeros_like(cm_keras)
-    agree, total, per_image = 0, 0, []
-    for image, mask in _examples(data, max_images):
-        label_size = mask.shape[:2]
-        x = tf.image.resize(image[None], size, method="bilinear").numpy()
-        keras_labels = _labels(keras_model(x, training=False), label_size)[0]
-        if exported.kind == "tflite":
-            logits = run_tflite(exported._runner, x)
-            if logits.shape[-1] != num_classes:
-                raise ConfigError(f"{exported.path} outputs {logits.shape[-1]} classes, the Keras model {num_classes}")
-            exported_labels = _labels(logits, label_size)[0]
-        else:
-            pixels = np.clip(np.round(image), 0, 255).astype(np.uint8)[None]
-            class_map = exported._serve(images=tf.constant(pixels))["class_map"].numpy()[0]
-            exported_labels = class_map if class_map.shape == label_size else (
-                tf.image.resize(class_map[..., None], label_size, method="nearest").numpy()[..., 0])
-        same = int((keras_labels == exported_labels).sum())
-        agree, total = agree + same, total + keras_labels.size
-        per_image.append(same / keras_labels.size)
-        cm_keras += confusion_matrix(mask, keras_labels, num_classes, ignore_label)
-        cm_exported += confusion_matrix(mask, exported_labels, num_classes, ignore_label)
-    if not total:
+    confusion_keras = ConfusionMatrix(keras, num_classes, ignore_label)
+    confusion_exported = ConfusionMatrix(exported, num_classes, ignore_label)
+    agreement = Agreement(keras, exported)
+    # One image at a time, as the exported model runs.
+    if not stream([keras, exported], data, [confusion_keras, confusion_exported, agreement], batch_size=1,
+                  max_images=max_images):
         raise ConfigError("verify: the data yielded no images")
 
-    keras_scores, exported_scores = scores_from_confusion(cm_keras), scores_from_confusion(cm_exported)
+    keras_scores, exported_scores = confusion_keras.scores(), confusion_exported.scores()
     miou_keras, miou_exported = keras_scores["miou"], exported_scores["miou"]
     ratio = miou_exported / miou_keras if miou_keras > 0 else (1.0 if miou_exported == 0 else float("inf"))
     report = {
         "path": str(exported.path),
         "kind": exported.kind,
         "quantization": exported.quantization,
-        "num_images": len(per_image),
-        "agreement": agree / total,
-        "min_image_agreement": min(per_image),
+        "num_images": len(agreement.per_image),
+        "agreement": agreement.fraction,
+        "min_image_agreement": min(agreement.per_image),
         "miou_keras": miou_keras,
         "miou_exported": miou_exported,
         "miou_ratio": ratio,

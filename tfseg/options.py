@@ -1,9 +1,14 @@
-"""Options written as text, shared by the ``tfseg`` command and the recipes.
+"""Options written as text, and the names every option may take, shared by the ``tfseg`` command,
+the recipes and the library.
 
     size("360x480") -> (360, 480)            size("96") -> (96, 96)
     option_value("0.5") -> 0.5               option_value("288x384") -> (288, 384)
     loss_spec("pixel_kd:temperature=1,alpha=0.5") -> {"loss": "pixel_kd", "temperature": 1, "alpha": 0.5}
     variant_specs("pixel_kd:alpha=0.5+cwd") -> [{"loss": "pixel_kd", "alpha": 0.5}, {"loss": "cwd"}]
+
+The name tables are the ones the library checks its arguments against, so that a command-line
+``choices=`` and the function behind it cannot drift apart (tests/test_options.py builds or
+converts every name). This module imports no TensorFlow: the command reads it at start-up.
 """
 
 from __future__ import annotations
@@ -12,6 +17,29 @@ import argparse
 import re
 
 from tfseg.errors import ConfigError
+
+# Ground-truth losses (tfseg.train.make_loss).
+GROUND_TRUTH_LOSSES = ("ce", "dice", "ce+dice")
+# Optimizers and learning-rate schedules (tfseg.train.make_optimizer, make_schedule).
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "poly", "cosine")
+# TFLite quantizations (tfseg.export.to_tflite), as the tfseg/1 metadata records them; "none" is float32.
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# Other spellings of "none" that to_tflite also takes: tfseg.tflite.to_tflite_bytes calls it None,
+# and model profiles call the float file "float32".
+FLOAT_QUANTIZATION_ALIASES = (None, "float32")
+# Post-training quantization (tfseg.quantize.ptq.post_training_quantize): every one that quantizes.
+PTQ_MODES = tuple(name for name in QUANTIZATIONS if name != "none")
+# Input/output tensor types of an int8 TFLite model (to_tflite's io_dtype; float models take float32).
+IO_DTYPES = ("uint8", "int8", "float32")
+EXPORT_FORMATS = ("tflite", "saved_model")
+# Filter pruning (tfseg.prune.filters.plan_filter_pruning): how filters are scored, and ranked
+# per layer or across the model.
+PRUNING_CRITERIA = ("l1", "l2", "bn_gamma")
+PRUNING_SCOPES = ("layer", "global")
+# Distillation losses: the keys of tfseg.distill.losses.LOSSES, which holds their classes (and
+# imports TensorFlow); a test keeps the two equal.
+DISTILLATION_LOSSES = ("pixel_kd", "pairwise_kd", "csc", "ace", "cwd")
 
 
 def size(text: str) -> tuple[int, int]:

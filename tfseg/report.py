@@ -104,6 +104,28 @@ def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | o
         plt.close(fig)
 
 
+def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str = "latency_ms",
+                          y: str = "miou_litert", label: str = "stage", title: str = "") -> Path:
+    """Each model of a chain as a point: mIoU against latency, labelled, the chain's order joined."""
+    plt = _pyplot()
+    points = [row for row in rows if row.get(x) is not None and row.get(y) is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([row[x] for row in points], [100 * row[y] for row in points], color="0.75", zorder=1)
+    for row in points:
+        ax.scatter(row[x], 100 * row[y], s=40, zorder=2)
+        ax.annotate(str(row[label]), (row[x], 100 * row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(f"{y.replace('_', ' ')} (%)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (rows: ground truth) as a heat map."""
     cm = np.asarray(cm, dtype=np.float64)

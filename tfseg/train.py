@@ -11,18 +11,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tfseg import losses as seg_losses
 from tfseg import metrics as seg_metrics
 from tfseg._keras import keras
 from tfseg.checkpoint import BestModelCheckpoint, save_model
 from tfseg.errors import ConfigError
+from tfseg.options import GROUND_TRUTH_LOSSES, OPTIMIZERS, SCHEDULES
 from tfseg.report import plot_curves
-
-LOSS_NAMES = ("ce", "dice", "ce+dice")
-OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
-SCHEDULE_NAMES = ("constant", "poly", "cosine")
 
 
 def progress_verbosity(verbose="auto"):
@@ -49,7 +46,7 @@ def make_loss(name: str, num_classes: int, class_weights: Sequence[float] | None
     elif name == "ce+dice":
         loss = seg_losses.CEDiceLoss(num_classes=num_classes, class_weights=class_weights)
     else:
-        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(GROUND_TRUTH_LOSSES)}")
     return loss if logit_offset is None else seg_losses.LogitOffsetLoss(loss, logit_offset)
 
 
@@ -58,8 +55,8 @@ def make_schedule(learning_rate: float, schedule: str = "poly", total_steps: int
 
     ``poly`` is DeepLab's ``lr * (1 - step/total)^0.9``; ``cosine`` is half a cosine.
     """
-    if schedule not in SCHEDULE_NAMES:
-        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return learning_rate
     if not total_steps:
@@ -84,7 +81,7 @@ def make_optimizer(
         return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
-    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def segmentation_metrics(num_classes: int) -> list:
@@ -161,12 +158,13 @@ class TrainingClock(keras.callbacks.Callback):
         write_json(self.path, {"seconds": round(self.before + time.time() - self.start, 1), "epochs": epoch + 1})
 
 
-def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", tensorboard: bool = True) -> list:
+def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", tensorboard: bool = True,
+                       model_suffix: str = ".keras") -> list:
     """The callbacks of ``fit``, in an order where the log is written before it is plotted."""
     out = Path(out_dir)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        BestModelCheckpoint(out / "best.keras", monitor=monitor, mode="min" if "loss" in monitor else "max"),
+        BestModelCheckpoint(out / f"best{model_suffix}", monitor=monitor, mode="min" if "loss" in monitor else "max"),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         CurvesPlot(out / "log.csv", out / "curves.png"),
         TrainingClock(out / "train_time.json"),
@@ -189,6 +187,8 @@ def fit(
     steps_per_epoch: int | None = None,
     verbose="auto",
     tensorboard: bool = True,
+    model_suffix: str = ".keras",
+    save_last: Callable = save_model,
 ):
     """Fits a compiled model, writing ``best.keras``, ``last.keras``, ``log.csv`` and ``curves.png`` to out_dir.
 
@@ -204,6 +204,8 @@ def fit(
       callbacks: extra callbacks, run after the standard ones.
       epoch_scorers: callbacks that add scores to the epoch logs (e.g.
         ``tfseg.evaluate.LabelResolutionValidation``); they run before the checkpoint and log.
+      model_suffix: the model files' format, ``.keras`` or ``.h5`` (quantization-aware models).
+      save_last: ``save_last(model, path)`` writes ``last<suffix>`` (``tfseg.quantize.save_qat`` for QAT).
 
     Returns:
       The Keras History of this (possibly resumed) fit.
@@ -217,10 +219,10 @@ def fit(
         validation_data=val_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=list(epoch_scorers) + training_callbacks(out, monitor, tensorboard) + list(callbacks),
+        callbacks=list(epoch_scorers) + training_callbacks(out, monitor, tensorboard, model_suffix) + list(callbacks),
         verbose=progress_verbosity(verbose),
     )
-    save_model(model, out / "last.keras")
+    save_last(model, out / f"last{model_suffix}")
     # BackupAndRestore deletes its checkpoint when fit() ends but leaves the folder behind.
     backup = out / "backup"
     if backup.is_dir() and not any(backup.iterdir()):

@@ -6,7 +6,8 @@
     tfseg-lite camera MODEL [--source 0|video.mp4|picamera2] [--out overlay.mp4] [--max-frames N]
 
 ``--runtime litert|tflite-runtime`` (or ``TFSEG_LITE_RUNTIME``) forces a TFLite runtime.
-Exit status: 0 on success, 1 if some images failed, 2 on a usage, model or runtime error.
+Exit status: 0 on success, 1 if some images failed, 2 on a usage, model or runtime error (or when
+no image could be segmented). An error is one line on stderr, ``tfseg-lite COMMAND: error: ...``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,44 @@ class CliError(Exception):
     """A problem to report in one line and exit with status 2."""
 
 
+def _int_at_least(minimum: int):
+    """An argparse ``type``: an int >= ``minimum`` (a bad value is a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse ``type``: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _segmenter(args, threads=None) -> Segmenter:
-    return Segmenter(args.model, num_threads=threads or args.threads, runtime=args.runtime)
+    return Segmenter(args.model, num_threads=threads if threads is not None else args.threads, runtime=args.runtime)
 
 
 def expand_images(items) -> list[Path]:
@@ -68,10 +105,13 @@ def cmd_info(args) -> int:
 def cmd_predict(args) -> int:
     seg = _segmenter(args)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a directory for the masks")
+    images = expand_images(args.images)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{seg.model_path.name}: {seg.metadata.model}, {seg.runtime.label}, {seg.num_threads} threads -> {out}")
-    used, failed = set(), 0
-    for path in expand_images(args.images):
+    used, errors = set(), []
+    for path in images:
         stem = path.stem
         for n in range(2, 10**6):  # two inputs named alike (a/x.jpg, b/x.png) must not overwrite each other
             if stem not in used:
@@ -84,8 +124,9 @@ def cmd_predict(args) -> int:
             class_map = seg.predict(picture)
             total_ms = (time.perf_counter() - start) * 1000.0
         except (FileNotFoundError, TfsegLiteError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            failed += 1
+            errors.append(str(err))
+            if len(images) > 1:  # the others are still done; a single image is reported by main()
+                print(f"tfseg-lite predict: error: {err}", file=sys.stderr)
             continue
         # The class-id mask is what other tools read; the colour one is for people.
         mode = "L" if class_map.dtype == np.uint8 else "I"
@@ -97,9 +138,13 @@ def cmd_predict(args) -> int:
             f"{path}: {class_map.shape[1]}x{class_map.shape[0]}, invoke {seg.last_invoke_ms:.1f} ms, "
             f"total {total_ms:.1f} ms: {_summary(class_map, seg.metadata.classes)}"
         )
-    if failed:
-        print(f"{failed} image(s) failed", file=sys.stderr)
-    return 1 if failed else 0
+    if len(errors) == len(images):  # nothing segmented: as much a usage error as a missing model
+        if len(images) == 1:
+            raise CliError(errors[0])
+        raise CliError(f"none of the {len(images)} images could be segmented")
+    if errors:
+        print(f"tfseg-lite predict: error: {len(errors)} of {len(images)} images failed", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_bench(args) -> int:
@@ -234,32 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", parents=[common], help="print the model's description and tensors")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=_int_at_least(1), default=1)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("predict", parents=[common], help="segment images, write masks (and overlays)")
     p.add_argument("images", nargs="+", help="image files or directories of images")
     p.add_argument("--out", required=True, help="output directory: NAME_classes.png (class ids), NAME_color.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (colours over the photo)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay strength, 0..1 (default 0.5)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    p.add_argument("--alpha", type=_fraction, default=0.5, help="overlay strength, 0..1 (default 0.5)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="interpreter threads (default: all cores)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", parents=[common], help="latency: median, p90, FPS after a warm-up")
-    p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to time, e.g. --threads 1 2 4")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per thread count (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=_int_at_least(1), nargs="+", default=[1], help="thread counts to time, e.g. --threads 1 2 4")
+    p.add_argument("--runs", type=_int_at_least(1), default=50, help="timed runs per thread count (default 50)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=5, help="untimed runs first (default 5)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("camera", parents=[common], help="live camera or video loop (needs OpenCV or picamera2)")
     p.add_argument("--source", default="0", help="camera index, video file, or 'picamera2' (default 0)")
-    p.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="picamera2 frame size")
+    p.add_argument("--size", type=_int_at_least(1), nargs=2, default=[640, 480], metavar=("W", "H"), help="picamera2 frame size")
     p.add_argument("--out", default=None, help="write the overlays to this video file (.mp4)")
-    p.add_argument("--fps", type=float, default=10.0, help="frame rate written to --out")
+    p.add_argument("--fps", type=_positive_float, default=10.0, help="frame rate written to --out")
     p.add_argument("--show", action="store_true", help="show the overlays in a window (q quits)")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-frames", type=_int_at_least(1), default=None)
+    p.add_argument("--alpha", type=_fraction, default=0.5)
+    p.add_argument("--threads", type=_int_at_least(1), default=None)
     p.set_defaults(func=cmd_camera)
     return parser
 
@@ -269,8 +314,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, FileNotFoundError, TfsegLiteError, ImportError, ValueError) as err:
-        print(f"tfseg-lite: error: {err}", file=sys.stderr)
+    except (CliError, OSError, TfsegLiteError, ImportError, ValueError) as err:
+        # OSError: a missing model file (FileNotFoundError) or an --out that cannot be written.
+        print(f"tfseg-lite {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

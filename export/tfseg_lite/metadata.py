@@ -139,6 +139,8 @@ def read_embedded(path, name: str = METADATA_NAME) -> bytes | None:
       ModelError: ``path`` is not a TFLite flatbuffer, or it is damaged.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a TFLite model file (give the .tflite file)")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     with open(path, "rb") as f:

@@ -5,6 +5,7 @@ A plain table of loader functions; each loader stays callable directly (``tfseg.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def folder_split(
         options.setdefault("name", f"{Path(root).resolve().name}/{split}")
     else:
         options.setdefault("name", f"{Path(image_dir).resolve().parent.name}/{split}")
+    try:
+        inspect.signature(folder).bind(image_dir, mask_dir, **options)
+    except TypeError as error:  # e.g. a misspelt --data-option
+        raise ConfigError(f"dataset 'folder': {error}") from None
     return folder(image_dir, mask_dir, **options)
 
 
@@ -74,7 +79,8 @@ def load(name: str, split: str = "train", **options):
       A split object.
 
     Raises:
-      ValueError: unknown dataset name (the message lists the known names).
+      ConfigError: unknown dataset name (the message lists the known names) or an option the
+        loader does not take (a ConfigError is a ValueError).
 
     Example:
       >>> load("scenes", "val", num_images=4).name
@@ -83,5 +89,9 @@ def load(name: str, split: str = "train", **options):
     try:
         loader = LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(available())}") from None
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(available())}") from None
+    try:
+        inspect.signature(loader).bind(split, **options)
+    except TypeError as error:  # e.g. a misspelt --data-option
+        raise ConfigError(f"dataset {name!r}: {error}") from None
     return loader(split, **options)

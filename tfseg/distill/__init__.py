@@ -6,7 +6,7 @@
     distiller.fit(train_data, validation_data=val_data, epochs=30)
     distiller.student.save("student.keras")
 
-``tfseg.distill.run.distill_run`` and ``tfseg distill`` do the same from a teacher's run directory.
+``tfseg.pipeline.distill`` and ``tfseg distill`` do the same from a teacher's run directory.
 """
 
 from tfseg.distill.distiller import Distiller

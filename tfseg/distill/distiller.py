@@ -6,9 +6,10 @@ the teacher in inference mode, the student in training mode, and minimises::
 
     total = student_loss_weight * student_loss + sum_i weight_i * distillation_loss_i
 
-over the student's variables and the adapters' (1x1 convolutions that map a student feature map
-to the teacher's channel count for losses that compare channels). ``distiller.student`` is the
-model to save and export; adapters exist only during training.
+over the student's variables and the adapters' (the layer each loss asks for with its ``adapter``
+hook: a 1x1 convolution that maps a student feature map to the teacher's channel count for losses
+that compare channels). ``distiller.student`` is the model to save and export; adapters exist only
+during training.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Distiller(keras.Model):
         each reading one teacher and one student endpoint (``logits``, ``features``, ``decoder``,
         ...). Default: ``[PixelKD()]`` (T=4, alpha=0.5). An empty list trains the student alone
         (the same loop without a teacher: the fair baseline for timing and ablations).
-      student_loss_weight: weight of the compiled ground-truth loss. Default 1, or 0 when a loss
-        already contains the ground-truth term (pixel KD's ``(1 - alpha) CE``, ACE).
+      student_loss_weight: weight of the compiled ground-truth loss. Default: the smallest weight
+        the losses ask for (``DistillationLoss.default_student_loss_weight``): 1, or 0 when a loss
+        already contains the ground-truth term (pixel KD's ``(1 - alpha) CE``, ACE); 1 without losses.
       allow_larger_student: the student having more parameters than the teacher usually means
         the two were swapped, which raises unless this is True.
       name: model name.
@@ -44,9 +46,9 @@ class Distiller(keras.Model):
     (no teacher forward pass), logged as ``val_student_loss``, ``val_miou``, ...
 
     Raises:
-      ValueError: class counts differ, an endpoint is missing, a loss needs spatial maps but the
-        models are classifiers, duplicate loss names, teacher and student look swapped,
-        incompatible fixed input sizes.
+      ValueError: class counts differ, an endpoint is missing, duplicate loss names, teacher and
+        student look swapped, incompatible fixed input sizes, or a loss's ``validate`` refuses the
+        pair (e.g. a loss that needs spatial maps with classifiers).
       TypeError: a loss is not a ``DistillationLoss``.
 
     Example:
@@ -77,7 +79,7 @@ class Distiller(keras.Model):
         self.student = student
         self.distillation_losses = losses
         if student_loss_weight is None:
-            student_loss_weight = 0.0 if any(loss.replaces_student_loss for loss in losses) else 1.0
+            student_loss_weight = min((loss.default_student_loss_weight() for loss in losses), default=1.0)
         self.student_loss_weight = float(student_loss_weight)
         self._teacher_taps = (
             taps.feature_extractor(teacher, {loss.teacher_endpoint for loss in losses}, "teacher") if losses else None
@@ -95,14 +97,11 @@ class Distiller(keras.Model):
     # ---------------------------------------------------------------- construction helpers
 
     def _adapter_for(self, index: int, loss: DistillationLoss):
-        if not loss.needs_same_channels:
-            return None
         teacher_channels = self._teacher_taps.output[loss.teacher_endpoint].shape[-1]
         student_shape = self._student_taps.output[loss.student_endpoint].shape
-        if teacher_channels == student_shape[-1]:
-            return None
-        adapter = taps.channel_adapter(teacher_channels, name=f"adapter_{index}_{loss.name}")
-        adapter.build(student_shape)
+        adapter = loss.adapter(teacher_channels, student_shape[-1], name=f"adapter_{index}_{loss.name}")
+        if adapter is not None:
+            adapter.build(student_shape)
         return adapter
 
     @property
@@ -285,27 +284,27 @@ def _check_models(teacher, student, allow_larger_student: bool):
         if not isinstance(model, keras.Model):
             raise TypeError(f"the {role} must be a Keras model (tf_keras), got {type(model).__name__}")
     if teacher is student:
-        raise ValueError("teacher and student are the same model object; pass a separate student")
+        raise ConfigError("teacher and student are the same model object; pass a separate student")
     teacher_classes, student_classes = teacher.output_shape[-1], student.output_shape[-1]
     if teacher_classes != student_classes:
-        raise ValueError(
+        raise ConfigError(
             f"the teacher {teacher.name!r} outputs {teacher_classes} classes but the student "
             f"{student.name!r} outputs {student_classes}; build both for the same dataset"
         )
     if len(teacher.output_shape) != len(student.output_shape):
-        raise ValueError(
+        raise ConfigError(
             f"teacher output {teacher.output_shape} and student output {student.output_shape} differ in rank "
             "(segmentation maps vs. class vectors?)"
         )
     t_size, s_size = _static_size(teacher), _static_size(student)
     for axis, (t, s) in enumerate(zip(t_size, s_size)):
         if t is not None and s is not None and t != s:
-            raise ValueError(
+            raise ConfigError(
                 f"the teacher takes inputs of shape {t_size} and the student {s_size}: both see the same "
                 "images, so fixed sizes must agree (rebuild one with tfseg.models.rebuild)"
             )
     if not allow_larger_student and student.count_params() > teacher.count_params():
-        raise ValueError(
+        raise ConfigError(
             f"the student {student.name!r} ({student.count_params():,} parameters) is larger than the teacher "
             f"{teacher.name!r} ({teacher.count_params():,}): teacher and student swapped? Pass "
             "allow_larger_student=True if this is intended"
@@ -314,7 +313,6 @@ def _check_models(teacher, student, allow_larger_student: bool):
 
 def _check_losses(losses, teacher, student):
     names = set()
-    spatial = len(student.output_shape) == 4
     for loss in losses:
         if not isinstance(loss, DistillationLoss):
             raise TypeError(
@@ -322,28 +320,12 @@ def _check_losses(losses, teacher, student):
                 f"AdaptiveCrossEntropy, ChannelWiseKD), got {type(loss).__name__}"
             )
         if loss.name in names:
-            raise ValueError(f"two distillation losses are named {loss.name!r}; give them distinct name= values")
+            raise ConfigError(f"two distillation losses are named {loss.name!r}; give them distinct name= values")
         names.add(loss.name)
-        if loss.spatial_only and not spatial:
-            raise ValueError(
-                f"{type(loss).__name__} compares spatial maps, but the models output {student.output_shape} "
-                "(classifiers): use PixelKD or AdaptiveCrossEntropy"
-            )
         # Fails here, with the model and what it has, rather than at the first step.
         taps.feature_extractor(teacher, [loss.teacher_endpoint], "teacher")
         taps.feature_extractor(student, [loss.student_endpoint], "student")
-        if loss.sign_sensitive:
-            _check_signs(loss, teacher, student)
-
-
-def _check_signs(loss, teacher, student):
-    if taps.is_non_negative(student, loss.student_endpoint) and not taps.is_non_negative(teacher, loss.teacher_endpoint):
-        raise ConfigError(
-            f"{type(loss).__name__} {loss.name!r}: {loss.student_endpoint!r} of the student {student.name!r} is never "
-            f"negative (after a ReLU) but {loss.teacher_endpoint!r} of the teacher {teacher.name!r} can be, so the "
-            "student cannot match the teacher's negative similarities and learns to switch its features off. "
-            "Tap a teacher layer after a ReLU (e.g. teacher_endpoint='decoder') or a student layer before one"
-        )
+        loss.validate(teacher, student)
 
 
 # -------------------------------------------------------------------- pruning-wrapped students
@@ -355,7 +337,9 @@ def _pruned_layers(model) -> list:
 
 def _student_pruning_step():
     """TF-MOT's UpdatePruningStep aimed at the student: it only looks at the model that fit() runs."""
-    import tensorflow_model_optimization as tfmot  # lazy: only pruned students need it
+    from tfseg._tfmot import load as load_tfmot  # lazy: only pruned students need TF-MOT
+
+    tfmot = load_tfmot()
 
     class StudentPruningStep(tfmot.sparsity.keras.UpdatePruningStep):
         def set_model(self, model):

@@ -2,13 +2,14 @@
 
 One extractor model per network (``keras.Model(inputs, {name: layer.output})``) shares the
 network's layers, so taps need no hooks and see exactly the weights being trained. Student maps
-are matched to the teacher's with a 1x1 convolution when a loss compares channels, and a bilinear
-resize when the strides differ.
+are matched to the teacher's with a bilinear resize when the strides differ (and with the layer a
+loss asks for through its ``adapter`` hook, e.g. a 1x1 convolution when it compares channels).
 """
 
 from __future__ import annotations
 
 from tfseg._keras import keras, tf
+from tfseg.errors import ConfigError
 from tfseg.models.common import endpoints, input_layers
 
 OUTPUT = "logits"  # always the model's output, even for models without named endpoints
@@ -36,7 +37,7 @@ def feature_extractor(model, names, role: str = "model"):
         elif name in found:
             outputs[name] = found[name].output
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"the {role} {model.name!r} has no endpoint {name!r}; it has {', '.join(available_taps(model))} "
                 "(endpoints are layers with these names, see tfseg.models.ENDPOINT_NAMES)"
             )
@@ -80,11 +81,6 @@ def is_non_negative(model, name: str) -> bool:
         return _non_negative_layer(model.outputs[0]._keras_history.layer) if model.outputs else False
     found = endpoints(model)
     return name in found and _non_negative_layer(found[name])
-
-
-def channel_adapter(channels: int, name: str):
-    """The trainable 1x1 convolution mapping a student map to the teacher's channel count."""
-    return keras.layers.Conv2D(channels, 1, name=name)
 
 
 def match_spatial(student_map, teacher_map):

@@ -12,8 +12,10 @@ registered defaults of a name.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
+from tfseg.errors import ConfigError
 from tfseg.models.classification import build_cnn5, build_resnet18_cifar
 from tfseg.models.common import ENDPOINT_NAMES, copy_weights, endpoints, with_input_shape
 from tfseg.models.deeplab import build_deeplabv3
@@ -57,6 +59,11 @@ _REGISTRY: dict[str, ModelEntry] = {
 }
 
 
+class ModelOptionError(ConfigError, TypeError):
+    """An option the model's builder does not take: a ConfigError (bad input, reported in one line by
+    the ``tfseg`` command) that is still the TypeError that calling the builder would raise."""
+
+
 def available(task: str | None = None) -> list[str]:
     """Names accepted by ``build``; ``task`` ("segmentation" or "classification") filters them."""
     return sorted(name for name, entry in _REGISTRY.items() if task is None or entry.task == task)
@@ -69,7 +76,7 @@ def task_of(name: str) -> str:
 
 def _entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name]
 
 
@@ -84,10 +91,19 @@ def build(name: str, input_shape, num_classes: int, **options):
         ``weights`` for a local pretrained-weights file); they override the registered defaults.
 
     Raises:
-      ValueError: unknown name (the message lists the known ones).
+      ConfigError: unknown name (the message lists the known ones; a ConfigError is a ValueError).
+      ModelOptionError: an option the builder does not take (a ConfigError and a TypeError).
     """
     entry = _entry(name)
-    return entry.builder(input_shape=tuple(input_shape), num_classes=num_classes, **{**entry.defaults, **options})
+    options = {**entry.defaults, **options}
+    accepted = inspect.signature(entry.builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            known = ", ".join(p for p in accepted if p not in ("input_shape", "num_classes"))
+            raise ModelOptionError(f"model {name!r} got an unexpected keyword argument {unknown[0]!r}; "
+                                   f"its options are {known}")
+    return entry.builder(input_shape=tuple(input_shape), num_classes=num_classes, **options)
 
 
 def rebuild(name: str, model, input_shape, **options):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tfseg._keras import keras
+from tfseg._tfmot import unwrapped_name  # TF-MOT's wrapper names; imports no TF-MOT
 
 layers = keras.layers
 
@@ -46,18 +47,6 @@ ENDPOINT_NAMES = (
     "decoder",  # the head's last feature map before the classifier
     "logits",  # class scores at input resolution
 )
-
-
-# TF-MOT renames the layers it wraps: pruning adds "prune_low_magnitude_", QAT adds "quant_".
-WRAPPER_PREFIXES = ("prune_low_magnitude_", "quant_")
-
-
-def unwrapped_name(layer_name: str) -> str:
-    """A layer's name without the prefix a TF-MOT pruning or quantization wrapper gave it."""
-    for prefix in WRAPPER_PREFIXES:
-        if layer_name.startswith(prefix):
-            return layer_name[len(prefix):]
-    return layer_name
 
 
 def input_layers(layer) -> list:

@@ -1,56 +1,75 @@
-"""The calibrate stage: fits a class-weighted run's logit adjustment on val and folds it into its model."""
+"""The calibrate stage: fits a class-weighted run's logit adjustment on val and folds it into its model.
+
+The adjustment (``tfseg.calibrate``) becomes part of the saved model's classifier bias; the run
+records it as ``logit_adjustment``, and every run derived from this one inherits it with the
+model (``Run.logit_offset``), so that their fine-tuning losses keep it.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
-from pathlib import Path
 
-from tfseg import data as seg_data
-from tfseg.calibrate import DEFAULT_STRENGTHS, fit_logit_adjustment, fold_class_bias, folded_logit_offset
-from tfseg.checkpoint import atomic_write, save_model, write_json
+from tfseg.calibrate import DEFAULT_STRENGTHS, fit_logit_adjustment, fold_class_bias
+from tfseg.checkpoint import atomic_write, save_model
 from tfseg.errors import ConfigError
 from tfseg.evaluate import evaluate, write_report
-from tfseg.run import RUN_FILE, load_run, run_record
+from tfseg.runs import Run
 
-UNCALIBRATED = "best_uncalibrated.keras"
+UNCALIBRATED = "best_uncalibrated"
 
 
-def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verbose="auto") -> dict:
-    """Fits the logit adjustment of a class-weighted run on ``split`` and folds it into ``best.keras``.
+@dataclasses.dataclass
+class CalibrateConfig:
+    """``run_dir``: a class-weighted run; ``split``: chooses the strength (val, never test);
+    ``strengths``: the strengths ``s`` of ``-s * log(class weight)`` tried."""
+
+    run_dir: str
+    split: str = "val"
+    strengths: tuple = DEFAULT_STRENGTHS
+
+
+def run(config: CalibrateConfig, verbose="auto") -> Run:
+    """Fits the logit adjustment of a class-weighted run on ``config.split`` and folds it into
+    ``best.keras``.
 
     The original is kept as ``best_uncalibrated.keras`` (and calibration always starts from it, so
     running this twice gives the same model). ``run.json`` gets a ``logit_adjustment`` record and
     ``eval/<split>/`` the adjusted model's report.
 
     Raises:
-      ConfigError: the run was trained without class weights (there is no shift to take back).
+      ConfigError: the run was trained without class weights (there is no shift to take back), or
+        it inherits an adjustment.
     """
-    out = Path(run_dir)
-    strengths = sorted({0.0, *(float(s) for s in strengths)})  # 0 = as trained, the reference
-    record = run_record(out)
-    weights = record.get("class_weight_values")
-    if not weights:
+    source = Run.open(config.run_dir)
+    out = source.path
+    strengths = sorted({0.0, *(float(s) for s in config.strengths)})  # 0 = as trained, the reference
+    if not source.class_weights:
         raise ConfigError(f"{out} was trained without class weights: its logits carry no prior shift to correct")
-    if not (out / UNCALIBRATED).exists():
-        if folded_logit_offset(record) is not None:
+    if source.is_quantization_aware:
+        raise ConfigError(f"{out} is quantization-aware: calibrate its float run before quantizing")
+    if not (out / f"{UNCALIBRATED}.keras").exists():
+        if source.logit_offset is not None:
             raise ConfigError(f"{out} inherits the logit adjustment of the run it was made from (its classifier "
                               "already carries it, and there is no unadjusted model to start again from)")
-        atomic_write(out / UNCALIBRATED, lambda tmp: shutil.copyfile(out / "best.keras", tmp))
-    which = Path(UNCALIBRATED).stem
-    size = tuple(record.get("eval_size") or record["crop_size"])
-    at_eval_size, info = load_run(out, which=which, input_size=size)
-    data_split = seg_data.load(record["dataset"], split, **record.get("data_options", {}))
-    strength, bias, by_strength = fit_logit_adjustment(at_eval_size, data_split, weights, image_size=size,
-                                                       strengths=strengths, verbose=verbose)
-    original, _ = load_run(out, which=which)
-    save_model(fold_class_bias(original, bias), out / "best.keras")
+        atomic_write(out / f"{UNCALIBRATED}.keras", lambda tmp: shutil.copyfile(out / "best.keras", tmp))
+    size = source.eval_size
+    at_eval_size = source.model(UNCALIBRATED, size=size)
+    data_split = source.split(config.split)
+    strength, bias, by_strength = fit_logit_adjustment(at_eval_size, data_split, source.class_weights,
+                                                       image_size=size, strengths=strengths, verbose=verbose)
+    save_model(fold_class_bias(source.model(UNCALIBRATED), bias), out / "best.keras")
     scores = evaluate(fold_class_bias(at_eval_size, bias), data_split, image_size=size, verbose=0)
-    write_report(out / "eval" / split, scores, info)
-    summary = {"split": split, "strength": strength, "bias": bias,
+    write_report(out / "eval" / config.split, scores, source.info)
+    summary = {"split": config.split, "strength": strength, "bias": bias,
                "miou_by_strength": {str(s): round(m, 4) for s, m in by_strength.items()},
                "miou_before": by_strength[0.0], "miou_after": float(scores["miou"])}
-    saved = json.loads((out / RUN_FILE).read_text())
-    saved["logit_adjustment"] = summary
-    write_json(out / RUN_FILE, saved)
-    return summary
+    return source.update(logit_adjustment=summary)
+
+
+def calibrate_run(run_dir, split: str = "val", strengths=DEFAULT_STRENGTHS, verbose="auto") -> dict:
+    """``run`` for a run directory; returns the ``logit_adjustment`` summary it recorded."""
+    return run(CalibrateConfig(str(run_dir), split, tuple(strengths)), verbose=verbose).record["logit_adjustment"]
+
+
+__all__ = ["CalibrateConfig", "UNCALIBRATED", "calibrate_run", "run"]

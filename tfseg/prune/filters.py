@@ -23,11 +23,10 @@ import numpy as np
 
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
+from tfseg.options import PRUNING_CRITERIA, PRUNING_SCOPES
 from tfseg.prune.channels import ChannelGraph, analyse, model_node, node_inputs
 
 layers = keras.layers
-CRITERIA = ("l1", "l2", "bn_gamma")
-SCOPES = ("layer", "global")
 
 
 @dataclasses.dataclass
@@ -78,8 +77,8 @@ def filter_scores(model, graph: ChannelGraph, criterion: str = "l1", prune_resid
     its own mean so that every producer counts alike. ``prune_residual=False`` leaves residual
     groups out (kept whole).
     """
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion not in PRUNING_CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(PRUNING_CRITERIA)}")
     bn_after = _batch_norm_after(model)
     scores = {}
     for group in graph.groups.values():
@@ -144,8 +143,8 @@ def plan_filter_pruning(
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"fraction of filters to remove must be in [0, 1), got {fraction}")
-    if scope not in SCOPES:
-        raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if scope not in PRUNING_SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(PRUNING_SCOPES)}")
     graph = graph or analyse(model)
     scores = filter_scores(model, graph, criterion, prune_residual)
     keep = {gid: np.arange(group.size) for gid, group in graph.groups.items()}

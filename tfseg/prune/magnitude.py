@@ -16,17 +16,12 @@ import gzip
 
 import numpy as np
 
+from tfseg import _tfmot
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
 
 layers = keras.layers
 PRUNABLE = (layers.Conv2D, layers.Conv2DTranspose, layers.SeparableConv2D, layers.Dense)
-
-
-def _tfmot():
-    import tensorflow_model_optimization as tfmot  # lazy: heavy, and only pruning needs it
-
-    return tfmot
 
 
 def pruning_schedule(target_sparsity: float, end_step: int, *, begin_step: int = 0, initial_sparsity: float = 0.0,
@@ -48,7 +43,7 @@ def pruning_schedule(target_sparsity: float, end_step: int, *, begin_step: int =
     span = end_step - begin_step
     frequency = frequency or max(1, span // 10)
     end_step = begin_step + (span // frequency) * frequency
-    return _tfmot().sparsity.keras.PolynomialDecay(
+    return _tfmot.load().sparsity.keras.PolynomialDecay(
         initial_sparsity=initial_sparsity, final_sparsity=target_sparsity,
         begin_step=begin_step, end_step=end_step, frequency=frequency,
     )
@@ -78,7 +73,7 @@ def prune_magnitude(model, target_sparsity: float = 0.8, *, end_step: int, begin
       >>> pruned.compile(...); pruned.fit(data, epochs=epochs, callbacks=pruning_callbacks())
       >>> small = strip(pruned); print(format_sparsity(sparsity_report(small)))
     """
-    tfmot = _tfmot()
+    tfmot = _tfmot.load()
     schedule = pruning_schedule(target_sparsity, end_step, begin_step=begin_step,
                                 initial_sparsity=initial_sparsity, frequency=frequency)
     unknown = set(skip) - {layer.name for layer in model.layers}
@@ -99,12 +94,12 @@ def prune_magnitude(model, target_sparsity: float = 0.8, *, end_step: int, begin
 
 def pruning_callbacks() -> list:
     """The callbacks ``fit`` needs for a magnitude-pruned model (TF-MOT's step update)."""
-    return [_tfmot().sparsity.keras.UpdatePruningStep()]
+    return [_tfmot.load().sparsity.keras.UpdatePruningStep()]
 
 
 def strip(model):
     """The pruned model without its wrappers: plain layers whose kernels hold the zeros."""
-    return _tfmot().sparsity.keras.strip_pruning(model)
+    return _tfmot.load().sparsity.keras.strip_pruning(model)
 
 
 def sparsity_report(model) -> list[dict]:

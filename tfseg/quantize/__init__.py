@@ -7,7 +7,7 @@ quantization (full-integer int8, float16, dynamic range).
     save_qat(qat, "qat.h5")
     tfseg.export.to_tflite(qat, "model_int8.tflite", "int8", info=train.info)
 
-``tfseg.quantize.run.qat_run`` and ``tfseg quantize`` fine-tune a run directory (optionally with a
+``tfseg.pipeline.quantize`` and ``tfseg quantize`` fine-tune a run directory (optionally with a
 teacher: quantization-aware distillation); ``tfseg.export`` writes and checks the files.
 TF-MOT is imported only when a model is made quantization-aware or loaded.
 """
@@ -22,17 +22,14 @@ from tfseg.quantize.qat import (
     quantize_aware,
     save_qat,
 )
-from tfseg.quantize.run import QATConfig, qat_run
 
 __all__ = [
     "PTQ_MODES",
-    "QATConfig",
     "calibrate_ranges",
     "freeze_batch_norm",
     "is_quantization_aware",
     "load_qat",
     "post_training_quantize",
-    "qat_run",
     "quantization_plan",
     "quantize_aware",
     "representative_images",

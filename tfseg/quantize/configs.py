@@ -39,6 +39,7 @@ import functools
 
 import numpy as np
 
+from tfseg import _tfmot
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
 from tfseg.models.common import input_layers
@@ -74,15 +75,9 @@ _SCHEMES = ("QuantizeScheme", "PrunePreserveQuantizeScheme")  # not configs: not
 
 @functools.lru_cache(maxsize=None)
 def _classes() -> dict:
-    import tensorflow_model_optimization as tfmot  # lazy: slow to import, only QAT needs it
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
-        prune_preserve_quantize_registry as prune_preserve,
-    )
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry8,
-    )
-
-    qk = tfmot.quantization.keras
+    qk = _tfmot.load().quantization.keras
+    prune_preserve = _tfmot.prune_preserve_registry()
+    registry8 = _tfmot.default_8bit_registry()
 
     class OutputQuantizeConfig(qk.QuantizeConfig):
         """Quantizes a layer's output only, with a learned (moving-average) range.

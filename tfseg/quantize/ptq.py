@@ -16,8 +16,7 @@ import numpy as np
 
 from tfseg._keras import tf
 from tfseg.errors import ConfigError
-
-PTQ_MODES = ("int8", "float16", "dynamic")
+from tfseg.options import PTQ_MODES
 DEFAULT_CALIBRATION_IMAGES = 100
 
 

@@ -18,23 +18,19 @@ Saving: a QAT model with a Conv2DTranspose cannot go through ``model.save(dir)``
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from tfseg import _tfmot
 from tfseg._keras import keras, tf
 from tfseg.checkpoint import atomic_write, deployable
 from tfseg.errors import ConfigError
-from tfseg.models.common import input_layers, unwrapped_name
+from tfseg.models.common import input_layers
 from tfseg.quantize import configs
 
-# Class names of the layers TF-MOT puts in a quantization-aware model (checked by name, so that
-# telling a QAT model apart does not import TF-MOT).
-_QAT_LAYER_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer", "QuantizeAnnotate")
-_PRUNE_WRAPPER = "PruneLowMagnitude"
 # Activations TF-MOT's Default8BitActivationQuantizeConfig accepts in an ``Activation`` layer.
 _QUANTIZABLE_ACTIVATIONS = ("relu", "relu6", "swish", "gelu", "linear", "softmax", "sigmoid", "tanh")
 QAT_SUFFIXES = (".h5", ".hdf5")
@@ -42,7 +38,7 @@ QAT_SUFFIXES = (".h5", ".hdf5")
 
 def is_quantization_aware(model) -> bool:
     """Whether ``model`` holds TF-MOT quantization wrappers (a QAT model)."""
-    return any(type(layer).__name__ in _QAT_LAYER_CLASSES for layer in model.layers)
+    return any(_tfmot.is_qat_layer(layer) for layer in model.layers)
 
 
 def _check_flat(model):
@@ -88,7 +84,7 @@ def quantization_plan(model, preserve_sparsity: bool = False) -> dict:
       >>> {name: type(c).__name__ for name, c in quantization_plan(lraspp).items() if c}
       {'decoder': 'OutputQuantizeConfig'}
     """
-    import tensorflow_model_optimization as tfmot  # lazy: slow to import
+    tfmot = _tfmot.load()
 
     _check_flat(model)
     default_registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
@@ -195,14 +191,14 @@ def quantize_aware(model, preserve_sparsity: bool = False, input_range=(0.0, 255
       >>> qat.fit(train_data, epochs=3)
       >>> tfseg.export.to_tflite(qat, "model_int8.tflite", quantization="int8", info=info)
     """
-    import tensorflow_model_optimization as tfmot  # lazy: slow to import
+    tfmot = _tfmot.load()
 
     qk = tfmot.quantization.keras
     model = deployable(model)
     _check_flat(model)
     if is_quantization_aware(model):
         raise ConfigError(f"model {model.name!r} is already quantization-aware")
-    if any(type(layer).__name__ == _PRUNE_WRAPPER for layer in model.layers):
+    if any(_tfmot.is_pruning_wrapper(layer) for layer in model.layers):
         model = tfmot.sparsity.keras.strip_pruning(model)
     plan = quantization_plan(model, preserve_sparsity)
     if preserve_sparsity:
@@ -215,7 +211,7 @@ def quantize_aware(model, preserve_sparsity: bool = False, input_range=(0.0, 255
         return qk.quantize_annotate_layer(layer, plan[layer.name]) if layer.name in plan else layer
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
-    with qk.quantize_scope(configs.custom_objects()), _inputs_kept_in_order():
+    with qk.quantize_scope(configs.custom_objects()), _tfmot.inputs_kept_in_order():
         qat = qk.quantize_apply(annotated, _scheme(preserve_sparsity))
     _check_input_order(model, qat)
     _init_weight_ranges(qat)
@@ -226,42 +222,13 @@ def quantize_aware(model, preserve_sparsity: bool = False, input_range=(0.0, 255
     return qat
 
 
-@contextlib.contextmanager
-def _inputs_kept_in_order():
-    """Makes TF-MOT's graph transforms keep the order of a layer's inputs while ``quantize_apply`` runs.
-
-    ``ModelTransformer._get_layers`` returns the matched layer's inputs in the model's layer order,
-    not in the order the layer takes them, so a transform over a ``Concatenate`` (TF-MOT's concat
-    transforms match every one) can rewire its inputs in another order
-    (tensorflow/model-optimization#1179, #1061). On the CamVid DeepLabV3 the ASPP concatenation
-    came out with the image-pooling branch first, the projection read permuted channels, and the
-    QAT model scored 24 % pixel accuracy before any training (float: 94 %).
-    """
-    from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
-        model_transformer,
-    )
-
-    transformer = model_transformer.ModelTransformer
-    original = transformer._get_layers
-
-    def in_given_order(self, layer_names):
-        by_name = {layer["config"]["name"]: layer for layer in self._config["layers"]}
-        return [by_name[name] for name in layer_names if name in by_name]
-
-    transformer._get_layers = in_given_order
-    try:
-        yield
-    finally:
-        transformer._get_layers = original
-
-
 def _input_names(layer) -> list:
-    return [unwrapped_name(parent.name) for parent in input_layers(layer)]
+    return [_tfmot.unwrapped_name(parent.name) for parent in input_layers(layer)]
 
 
 def _check_input_order(model, qat):
     """Raises if a multi-input layer of the QAT model takes its inputs in another order than in ``model``."""
-    quantized = {unwrapped_name(layer.name): layer for layer in qat.layers}
+    quantized = {_tfmot.unwrapped_name(layer.name): layer for layer in qat.layers}
     for layer in model.layers:
         want = _input_names(layer)
         if len(want) < 2 or layer.name not in quantized:
@@ -443,10 +410,7 @@ def _set_known_ranges(qat, rewritten, input_range):
 def custom_objects() -> dict:
     """Everything a saved QAT model needs to load: TF-MOT's quantization objects, its
     prune-preserving quantizers and tfseg's QuantizeConfigs (use inside ``quantize_scope``)."""
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
-        prune_preserve_quantize_registry as prune_preserve,
-    )
-
+    prune_preserve = _tfmot.prune_preserve_registry()
     objects = {
         name: getattr(prune_preserve, name)
         for name in ("PrunePreserveDefault8BitWeightsQuantizer", "PrunePreserveDefault8BitConvWeightsQuantizer",
@@ -467,7 +431,7 @@ def load_qat(path: str | os.PathLike):
     Example:
       >>> qat = load_qat("runs/camvid/student-qat/qat.h5")
     """
-    import tensorflow_model_optimization as tfmot  # lazy: slow to import
+    tfmot = _tfmot.load()
 
     path = Path(path)
     _check_suffix(path)

@@ -1,9 +1,10 @@
 """Distillation losses: plain serializable callables ``loss(teacher, student, labels) -> (B,)``.
 
-Each loss says which endpoints it taps (``teacher_endpoint``, ``student_endpoint``), whether the
-student needs a channel adapter (``needs_same_channels``), whether it already contains the
-ground-truth term (``replaces_student_loss``) and whether it needs spatial maps
-(``spatial_only``); see :class:`DistillationLoss`. One module per loss family:
+Each loss says which endpoints it taps (``teacher_endpoint``, ``student_endpoint``) and answers
+the Distiller's questions through hooks: ``validate(teacher, student)`` (can it compare these
+models?), ``adapter(...)`` (what layer the student's tap needs, if any) and
+``default_student_loss_weight()`` (does it already contain the ground-truth term?); see
+:class:`DistillationLoss`. One module per loss family:
 
 * :class:`PixelKD` (``pixel_kd``): Hinton et al. 2015, per pixel, with the ground-truth CE.
 * :class:`PairwiseKD` (``pairwise_kd``): Liu et al., CVPR 2019, pair-wise affinity matching.

@@ -54,7 +54,7 @@ class AdaptiveCrossEntropy(DistillationLoss):
       as in the pixel-wise distillation of Liu et al. (CVPR 2019) that the paper builds on, and
       the teacher's argmax as its prediction.
     * ACE takes the place of the plain cross-entropy (it is a cross-entropy with the ground truth
-      wherever the teacher is wrong), so ``replaces_student_loss`` is True and the Distiller's
+      wherever the teacher is wrong), so :meth:`default_student_loss_weight` is 0: the Distiller's
       separate cross-entropy defaults to weight 0.
     * Ignored positions have no ground truth to check the teacher against: they are left out.
 
@@ -77,9 +77,15 @@ class AdaptiveCrossEntropy(DistillationLoss):
     default_name = "ace"
     default_teacher_endpoint = "logits"
     default_student_endpoint = "logits"
-    needs_same_channels = True
-    replaces_student_loss = True
-    spatial_only = False
+
+    def validate(self, teacher, student):
+        """Any pair the Distiller accepts: a classifier's ``(N, C)`` logits are one position per sample."""
+
+    def validate_tensors(self, teacher, student):
+        self._check_shapes(teacher, student, ranks=(2, 4))
+
+    def default_student_loss_weight(self) -> float:
+        return 0.0  # ACE is the cross-entropy with the labels wherever the teacher is wrong
 
     def compute(self, teacher, student, labels):
         owner = type(self).__name__

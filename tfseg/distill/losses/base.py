@@ -4,8 +4,8 @@ Conventions (the Distiller relies on them):
 
 * ``teacher`` and ``student`` are tensors of the same spatial shape, channels last: ``(B, H, W, C)``
   maps for segmentation, ``(N, C)`` logits for classification (only for losses whose
-  ``spatial_only`` is False). The Distiller has already resized the student map to the teacher's
-  size and, for losses with ``needs_same_channels``, adapted the student's channel count.
+  ``validate_tensors`` accepts them). The Distiller has already resized the student map to the
+  teacher's size and passed it through the loss's ``adapter`` (if any).
 * ``labels`` are integer labels at the *input image* resolution, ``(B, H0, W0)`` or
   ``(B, H0, W0, 1)`` (``(N,)`` for classification), possibly containing ``ignore_label``. Each loss
   resizes them (nearest neighbour) to its own map size to know which positions are valid.
@@ -242,22 +242,24 @@ def pool_valid(valid, k: int, min_fraction: float = 0.5):
 class DistillationLoss:
     """Base class of the distillation losses: a plain, serializable callable.
 
-    A subclass sets the class attributes and implements ``compute(teacher, student, labels)``,
-    which gets float32 tensors (teacher already behind ``tf.stop_gradient``, shapes checked) and
-    returns the per-sample loss ``(B,)``.
+    A subclass sets the class attributes, implements ``compute(teacher, student, labels)``, which
+    gets float32 tensors (teacher already behind ``tf.stop_gradient``, shapes checked) and returns
+    the per-sample loss ``(B,)``, and overrides a hook only where it differs from the default.
 
     Class attributes:
       default_name: the log key used when the constructor gets ``name=None``.
       default_teacher_endpoint / default_student_endpoint: endpoints tapped by default.
-      needs_same_channels: True when teacher and student must have the same channel count (the
-        Distiller then puts a trainable 1x1 conv adapter on the student when they differ).
-      replaces_student_loss: True when the loss already contains the ground-truth term, so the
-        Distiller's plain cross-entropy weight defaults to 0.
-      spatial_only: True when the loss needs ``(B, H, W, C)`` maps; False when it also accepts
-        ``(N, C)`` classification logits.
-      sign_sensitive: True when a student map that is never negative (a ReLU output) cannot match
-        a teacher map that can be (cosine affinities: the student's are all >= 0); the Distiller
-        then refuses such a pair of taps.
+
+    Hooks (the Distiller asks each loss instead of knowing about it):
+      validate(teacher, student): raises, when the Distiller is built, if the loss cannot compare
+        these two models. Default: both output ``(B, H, W, C)`` maps.
+      validate_tensors(teacher, student): raises, at each call, for tensors the loss cannot
+        compare. Default: ``(B, H, W, C)`` maps of equal shapes.
+      adapter(teacher_channels, student_channels, name): the layer that maps the student's tap to
+        what the loss compares, or None. Default: a trainable 1x1 convolution to the teacher's
+        channel count when the counts differ.
+      default_student_loss_weight(): the weight the loss asks for the compiled ground-truth loss.
+        Default 1.0 (the loss adds to it).
 
     Args:
       weight: factor the Distiller applies to the batch mean of this loss (>= 0).
@@ -267,16 +269,13 @@ class DistillationLoss:
       name: log key (None: the class default).
 
     Raises:
-      ConfigError: a negative or non-finite weight, or an empty endpoint name.
+      ConfigError: a negative or non-finite weight, an empty endpoint name, an ignore label that
+        is not an integer.
     """
 
     default_name = "distillation"
     default_teacher_endpoint = "logits"
     default_student_endpoint = "logits"
-    needs_same_channels = True
-    replaces_student_loss = False
-    spatial_only = True
-    sign_sensitive = False
 
     def __init__(
         self,
@@ -293,6 +292,10 @@ class DistillationLoss:
             raise ConfigError(f"{owner}: weight must be a number >= 0, got {weight!r}") from None
         if not math.isfinite(weight) or weight < 0.0:
             raise ConfigError(f"{owner}: weight must be finite and >= 0, got {weight!r}")
+        if ignore_label is not None and (
+            isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, float)) or int(ignore_label) != ignore_label
+        ):
+            raise ConfigError(f"{owner}: ignore_label must be an integer or None, got {ignore_label!r}")
         self.weight = weight
         self.teacher_endpoint = self._endpoint(teacher_endpoint, self.default_teacher_endpoint, "teacher")
         self.student_endpoint = self._endpoint(student_endpoint, self.default_student_endpoint, "student")
@@ -306,16 +309,62 @@ class DistillationLoss:
             raise ConfigError(f"{type(self).__name__}: {which}_endpoint must be a non-empty string, got {value!r}")
         return value
 
+    # -- hooks the Distiller calls ----------------------------------------------------------
+
+    def validate(self, teacher, student):
+        """Checks, when the Distiller is built, that this loss can compare ``teacher`` with ``student``.
+
+        Called with the two Keras models once their class counts, output ranks and this loss's
+        endpoints are known to agree. The default asks for segmentation models: the loss compares
+        spatial maps, which classifiers do not have.
+
+        Raises:
+          ValueError: the models output class vectors ``(N, C)``.
+        """
+        if len(student.output_shape) != 4:
+            raise ValueError(
+                f"{type(self).__name__} compares spatial maps, but the models output {student.output_shape} "
+                "(classifiers): use PixelKD or AdaptiveCrossEntropy"
+            )
+
+    def validate_tensors(self, teacher, student):
+        """Checks the float32 tensors of one call: by default ``(B, H, W, C)`` maps of equal shapes.
+
+        Raises:
+          ConfigError: tensors of another rank or of different shapes.
+        """
+        self._check_shapes(teacher, student)
+
+    def adapter(self, teacher_channels: int, student_channels: int, name: str):
+        """The trainable layer the Distiller puts on the student's tap before this loss, or None.
+
+        The default maps the student's channels to the teacher's with a 1x1 convolution when the
+        counts differ, because the loss compares the two maps channel by channel.
+        """
+        if teacher_channels == student_channels:
+            return None
+        return keras.layers.Conv2D(teacher_channels, 1, name=name)
+
+    def default_student_loss_weight(self) -> float:
+        """The weight this loss asks for the compiled ground-truth loss (the student loss).
+
+        Used when the Distiller gets ``student_loss_weight=None``; the Distiller takes the smallest
+        weight its losses ask for. 1.0: this loss is added to the ground-truth loss. A loss whose
+        value already holds a cross-entropy with the labels returns 0.0, so that the labels are
+        not counted twice.
+        """
+        return 1.0
+
     # -- the call ---------------------------------------------------------------------------
 
     def __call__(self, teacher, student, labels=None):
         """Per-sample loss, float32 ``(B,)``, not multiplied by ``weight``.
 
         Args:
-          teacher: the teacher's tensor, ``(B, H, W, C)`` (or ``(N, C)`` when not
-            ``spatial_only``). It gets no gradient.
-          student: the student's tensor, same shape (channels may differ when
-            ``needs_same_channels`` is False).
+          teacher: the teacher's tensor, ``(B, H, W, C)`` (``(N, C)`` too for losses that accept
+            classifier logits). It gets no gradient.
+          student: the student's tensor, the same shape (channels may differ for losses that
+            compare positions with positions); see :meth:`validate_tensors`.
           labels: integer labels at input resolution (see :func:`resize_labels_nearest`), or
             ``None`` when the loss does not need them.
 
@@ -327,27 +376,28 @@ class DistillationLoss:
         """
         teacher = tf.stop_gradient(tf.cast(tf.convert_to_tensor(teacher), tf.float32))
         student = tf.cast(tf.convert_to_tensor(student), tf.float32)
-        self._check_shapes(teacher, student)
+        self.validate_tensors(teacher, student)
         return self.compute(teacher, student, labels)
 
     def compute(self, teacher, student, labels):
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
-    def _check_shapes(self, teacher, student):
+    def _check_shapes(self, teacher, student, ranks=(4,), channels: bool = True):
+        """ConfigError unless both tensors have one of ``ranks`` and equal shapes (``channels=False``:
+        equal batch and spatial sizes)."""
         owner = type(self).__name__
-        ranks = (4,) if self.spatial_only else (2, 4)
         for which, tensor in (("teacher", teacher), ("student", student)):
             if tensor.shape.rank not in ranks:
-                expected = "(B, H, W, C)" if self.spatial_only else "(B, H, W, C) or (N, C)"
+                expected = " or ".join("(B, H, W, C)" if rank == 4 else "(N, C)" for rank in ranks)
                 raise ConfigError(f"{owner}: the {which} tensor must be {expected}, got shape {tensor.shape}")
         if teacher.shape.rank != student.shape.rank:
             raise ConfigError(
                 f"{owner}: teacher shape {teacher.shape} and student shape {student.shape} differ in rank"
             )
-        compared_t = teacher.shape if self.needs_same_channels else teacher.shape[:-1]
-        compared_s = student.shape if self.needs_same_channels else student.shape[:-1]
+        compared_t = teacher.shape if channels else teacher.shape[:-1]
+        compared_s = student.shape if channels else student.shape[:-1]
         if not compared_t.is_compatible_with(compared_s):
-            what = "shapes" if self.needs_same_channels else "batch and spatial sizes"
+            what = "shapes" if channels else "batch and spatial sizes"
             raise ConfigError(
                 f"{owner}: teacher shape {teacher.shape} and student shape {student.shape} must have equal "
                 f"{what} (the Distiller resizes the student map and adapts its channels first)"

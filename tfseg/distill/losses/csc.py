@@ -84,8 +84,8 @@ class CSCLoss(DistillationLoss):
       on a Euclidean norm value of the difference".
     * All C shifts, including the zero shift, are used ("with respect to the C labels"). With all
       of them, ``S`` is exactly the square of the cosine-affinity matrix, computed that way here.
-    * S is ``N x N`` over positions, so the channel counts of teacher and student need not match:
-      ``needs_same_channels`` is False (as for :class:`PairwiseKD`).
+    * S is ``N x N`` over positions, so the channel counts of teacher and student need not match
+      and the student gets no adapter (as for :class:`PairwiseKD`).
     * Ignored positions are excluded from the pairs (a position is valid when at least half of the
       pixels of its patch are valid); a sample without valid position gives 0.
     * The sources apply CSC to the last layer's map, whose channels are the C classes, so the
@@ -121,9 +121,6 @@ class CSCLoss(DistillationLoss):
     default_name = "csc"
     default_teacher_endpoint = "logits"
     default_student_endpoint = "logits"
-    needs_same_channels = False
-    replaces_student_loss = False
-    spatial_only = True
 
     def __init__(
         self,
@@ -141,6 +138,12 @@ class CSCLoss(DistillationLoss):
         if isinstance(max_positions, bool) or int(max_positions) != max_positions or max_positions < 1:
             raise ConfigError(f"{owner}: max_positions must be an integer >= 1, got {max_positions!r}")
         self.max_positions = int(max_positions)
+
+    def validate_tensors(self, teacher, student):
+        self._check_shapes(teacher, student, channels=False)  # S is position x position
+
+    def adapter(self, teacher_channels, student_channels, name):
+        return None  # S is position x position: any channel counts
 
     def patch_size_for(self, teacher):
         """The pooling patch side used for a map shaped like ``teacher``.

@@ -70,9 +70,6 @@ class ChannelWiseKD(DistillationLoss):
     default_name = "cwd"
     default_teacher_endpoint = "logits"
     default_student_endpoint = "logits"
-    needs_same_channels = True
-    replaces_student_loss = False
-    spatial_only = True
 
     def __init__(
         self,

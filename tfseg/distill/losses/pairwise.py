@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tfseg._keras import keras, tf
 from tfseg.data.info import IGNORE_LABEL
+from tfseg.distill import taps
 from tfseg.distill.losses.base import (
     DistillationLoss,
     check_pool_size,
@@ -67,13 +68,13 @@ class PairwiseKD(DistillationLoss):
     * Signs. Post-ReLU student features have affinities >= 0; a teacher tap that can be negative
       (MobileNetV2's linear bottleneck ``features``: half of its affinities are negative on CamVid)
       asks for what the student cannot give, and chasing it drove a fastseg_tiny student's features
-      towards zero (CamVid test mIoU 22.8 vs. 41.9 from scratch). ``sign_sensitive`` makes the
-      Distiller refuse that pairing; tap ``decoder`` (after a ReLU in every zoo head) instead.
+      towards zero (CamVid test mIoU 22.8 vs. 41.9 from scratch). :meth:`validate` refuses that
+      pairing; tap ``decoder`` (after a ReLU in every zoo head) instead.
     * Ignored pixels: the paper does not mention them. Their features still enter the pooled
       patch (an image region is an image region); only the validity of the patch uses labels.
 
     The affinity is ``N x N`` over positions, so teacher and student may have different channel
-    counts: ``needs_same_channels`` is False. Cost: two ``(B, N, N)`` float32 matrices with
+    counts: the student gets no adapter. Cost: two ``(B, N, N)`` float32 matrices with
     ``N = ceil(H / pool_size) * ceil(W / pool_size)``; for a 36 x 48 map (288 x 384 crop at
     stride 8) and ``pool_size=2``, N = 432, under 1 MB per sample.
 
@@ -89,7 +90,9 @@ class PairwiseKD(DistillationLoss):
 
     Raises:
       ConfigError (a ValueError): ``pool_size < 1`` or not an integer, an unknown ``pool_mode``;
-        when called, maps that are not ``(B, H, W, C)`` or whose batch/spatial sizes differ.
+        in :meth:`validate`, classifiers or a never-negative student tap paired with a teacher tap
+        that can be negative; when called, maps that are not ``(B, H, W, C)`` or whose
+        batch/spatial sizes differ.
 
     Example:
       >>> pa = PairwiseKD(pool_size=2, teacher_endpoint="features", student_endpoint="features")
@@ -99,10 +102,6 @@ class PairwiseKD(DistillationLoss):
     default_name = "pairwise_kd"
     default_teacher_endpoint = "features"
     default_student_endpoint = "features"
-    needs_same_channels = False
-    replaces_student_loss = False
-    spatial_only = True
-    sign_sensitive = True
 
     def __init__(
         self,
@@ -120,6 +119,23 @@ class PairwiseKD(DistillationLoss):
         if pool_mode not in _POOL_MODES:
             raise ConfigError(f"{owner}: pool_mode must be one of {_POOL_MODES}, got {pool_mode!r}")
         self.pool_mode = pool_mode
+
+    def validate(self, teacher, student):
+        """Segmentation models (the default check), and taps whose signs the student can follow."""
+        super().validate(teacher, student)
+        if taps.is_non_negative(student, self.student_endpoint) and not taps.is_non_negative(teacher, self.teacher_endpoint):
+            raise ConfigError(
+                f"{type(self).__name__} {self.name!r}: {self.student_endpoint!r} of the student {student.name!r} is "
+                f"never negative (after a ReLU) but {self.teacher_endpoint!r} of the teacher {teacher.name!r} can be, "
+                "so the student cannot match the teacher's negative similarities and learns to switch its features "
+                "off. Tap a teacher layer after a ReLU (e.g. teacher_endpoint='decoder') or a student layer before one"
+            )
+
+    def validate_tensors(self, teacher, student):
+        self._check_shapes(teacher, student, channels=False)  # the affinity is position x position
+
+    def adapter(self, teacher_channels, student_channels, name):
+        return None  # the affinity is position x position: any channel counts
 
     def compute(self, teacher, student, labels):
         valid = pool_valid(valid_mask(labels, teacher, self.ignore_label), self.pool_size)

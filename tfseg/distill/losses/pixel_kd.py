@@ -46,7 +46,7 @@ class PixelKD(DistillationLoss):
     For ``(N, C)`` classification logits every row is a sample: its ``kd`` is its own term and its
     ``ce`` is ``w[y] * ce`` (a ratio over one pixel would cancel the class weight).
 
-    Because the loss contains the ground-truth term, ``replaces_student_loss`` is True: the
+    Because the loss contains the ground-truth term, :meth:`default_student_loss_weight` is 0: the
     Distiller's separate cross-entropy defaults to weight 0.
 
     Args:
@@ -79,9 +79,6 @@ class PixelKD(DistillationLoss):
     default_name = "pixel_kd"
     default_teacher_endpoint = "logits"
     default_student_endpoint = "logits"
-    needs_same_channels = True
-    replaces_student_loss = True
-    spatial_only = False
 
     def __init__(
         self,
@@ -101,6 +98,15 @@ class PixelKD(DistillationLoss):
         self.alpha = check_fraction(alpha, "alpha", owner)
         self.class_weights, _ = _check_class_weights(class_weights, None, owner)
         self.logit_offset = None if logit_offset is None else _check_logit_offset(logit_offset, owner)
+
+    def validate(self, teacher, student):
+        """Any pair the Distiller accepts: a classifier's ``(N, C)`` logits are one pixel per sample."""
+
+    def validate_tensors(self, teacher, student):
+        self._check_shapes(teacher, student, ranks=(2, 4))
+
+    def default_student_loss_weight(self) -> float:
+        return 0.0  # the (1 - alpha) cross-entropy term is the ground-truth loss
 
     def compute(self, teacher, student, labels):
         owner = type(self).__name__

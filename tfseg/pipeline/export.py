@@ -1,0 +1,103 @@
+"""The export stage: a run's model as a TFLite file or a SavedModel, checked against Keras on real images.
+
+``run(ExportConfig(run_dir, out, ...))`` loads the run's model at its evaluation size, converts it
+(``tfseg.export.to_tflite`` / ``to_saved_model``: int8 calibrated on training images, or from a
+quantization-aware run's own ranges), and with ``verify_split`` runs the export and the Keras model
+on that split (``tfseg.export.verify``). It returns the export's report, also written to
+``<out>.report.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tfseg import data as seg_data
+from tfseg import export
+from tfseg.checkpoint import write_json
+from tfseg.errors import ConfigError
+from tfseg.options import EXPORT_FORMATS
+from tfseg.quantize.ptq import representative_images
+from tfseg.runs import Run
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """What an export needs.
+
+    Attributes:
+      run_dir: a run directory (float, pruned or quantization-aware).
+      out: the ``.tflite`` file or the SavedModel directory.
+      format: ``tflite`` or ``saved_model``.
+      quantization: ``int8``, ``float16``, ``dynamic`` or ``none`` (TFLite; a quantization-aware
+        run exports as int8 only).
+      io_dtype: the int8 model's input/output type (default uint8).
+      image_size: input size (default the run's evaluation size).
+      which: ``best`` or ``last``.
+      calibration_split, calibration_images, seed: where the int8 calibration images come from.
+      verify_split, verify_images: check the export against Keras on (at most that many images of) this split.
+      dataset, data_options: read the splits from another dataset than the run's (same classes).
+    """
+
+    run_dir: str
+    out: str
+    format: str = "tflite"
+    quantization: str = "int8"
+    io_dtype: str | None = None
+    image_size: tuple | None = None
+    which: str = "best"
+    calibration_split: str = "train"
+    calibration_images: int = 100
+    verify_split: str | None = None
+    verify_images: int | None = None
+    dataset: str | None = None
+    data_options: dict | None = None
+    seed: int = 0
+
+
+def _split(source: Run, name: str, config: ExportConfig):
+    if config.dataset is None and config.data_options is None:
+        return source.split(name)
+    options = source.record.get("data_options", {}) if config.data_options is None else config.data_options
+    return seg_data.load(config.dataset or source.record["dataset"], name, **options)
+
+
+def run(config: ExportConfig) -> dict:
+    """Exports and (with ``verify_split``) verifies a run's model; see the module docstring.
+
+    Returns:
+      ``{"path", "sidecar", "bytes" (TFLite), "verify" (with verify_split), ...}``.
+
+    Raises:
+      ConfigError: an unknown format, or a quantization-aware run asked for a float export.
+    """
+    if config.format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {config.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    source = Run.open(config.run_dir)
+    size = tuple(config.image_size or source.eval_size)
+    model = source.model(config.which, size=size)
+    common = dict(info=source.info, input_size=size, model_name=source.model_name)
+    if config.format == "saved_model":
+        result = export.to_saved_model(model, config.out, **common)
+    else:
+        if source.is_quantization_aware and config.quantization != "int8":
+            raise ConfigError(f"{config.run_dir} is quantization-aware: it exports as int8 only")
+        representative = None
+        if config.quantization == "int8" and not source.is_quantization_aware:
+            representative = representative_images(_split(source, config.calibration_split, config), size,
+                                                   config.calibration_images, seed=config.seed)
+        result = export.to_tflite(model, config.out, config.quantization, io_dtype=config.io_dtype,
+                                  representative_data=representative, **common)
+    report = {key: value for key, value in result.items() if key != "metadata"}
+    report.update(run_dir=str(config.run_dir), format=config.format, quantization=config.quantization)
+    if config.verify_split:
+        split = _split(source, config.verify_split, config)
+        checked = export.verify(model, config.out, split, info=source.info, image_size=size,
+                                max_images=config.verify_images)
+        report["verify"] = {"split": config.verify_split, "data": split.name, **{key: value for key, value in checked.items()
+                                                             if key != "confusion_matrices"}}
+    write_json(Path(f"{config.out}.report.json"), report)
+    return report
+
+
+__all__ = ["ExportConfig", "run"]
