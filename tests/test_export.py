@@ -24,7 +24,8 @@ from tfseg import data, export, models
 from tfseg._keras import keras, tf
 from tfseg.data.info import DatasetInfo
 from tfseg.errors import ConfigError
-from tfseg.quantize.ptq import post_training_quantize, representative_images
+from tfseg.export import post_training_quantize
+from tfseg.quantize.ptq import representative_images
 from tfseg.tflite import interpreter, read_metadata, run_tflite, tflite_ops
 
 layers = keras.layers

@@ -105,7 +105,7 @@ def test_every_quantization_and_io_dtype_exports(tmp_path):
     # Post-training quantization takes the same names, except the one that does not quantize.
     assert ptq.PTQ_MODES is options.PTQ_MODES and set(options.PTQ_MODES) == set(options.QUANTIZATIONS) - {"none"}
     with pytest.raises(ConfigError, match="mode must be one of"):
-        ptq.post_training_quantize(model, tmp_path / "none.tflite", "none")
+        export.post_training_quantize(model, tmp_path / "none.tflite", "none")
 
 
 def test_every_pruning_criterion_and_scope_plans():

@@ -372,7 +372,6 @@ ALLOWED = {
     ("tfseg/report.py", "matplotlib"): "heavy optional runtime, only for figures",
     ("tfseg/tflite.py", "ai_edge_litert"): "optional runtime (LiteRT interpreter), with an install hint",
     ("tfseg/pipeline/summary.py", "tfseg_lite"): "optional runtime: the device runner (export/), a package of its own",
-    ("tfseg/tflite.py", "tensorflow.lite"): "tensorflow.lite internals (flatbuffer schema), only when reading or editing a .tflite",
 }
 
 

@@ -18,6 +18,7 @@ import argparse
 import re
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from tfseg import options as names
@@ -207,8 +208,6 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_quickstart(args) -> int:
-    from importlib import resources
-
     chain_file = resources.files("tfseg.pipeline") / "chains" / ("camvid.toml" if args.data_dir else "quickstart.toml")
     overrides = [f"out={args.out!r}".replace("'", '"')] + list(args.set or ())
     if args.data_dir:

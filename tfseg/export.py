@@ -34,16 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
+from tfseg import __version__
 from tfseg._keras import keras, tf
 from tfseg.checkpoint import DIR_MODE, atomic_write, deployable, write_json
 from tfseg.data.info import IGNORE_LABEL, DatasetInfo
 from tfseg.errors import ConfigError
 from tfseg.evaluate import Agreement, ConfusionMatrix, stream
 from tfseg.models.common import unwrapped_name
-from tfseg.options import FLOAT_QUANTIZATION_ALIASES, IO_DTYPES, QUANTIZATIONS
+from tfseg.options import FLOAT_QUANTIZATION_ALIASES, IO_DTYPES, PTQ_MODES, QUANTIZATIONS
 from tfseg.predictors import KerasPredictor, load_predictor, model_input_size
+from tfseg.quantize.ptq import DEFAULT_CALIBRATION_IMAGES, representative_images
 from tfseg.quantize.qat import is_quantization_aware
 from tfseg.tflite import (
+    calibration_batches,
     embed_metadata,
     interpreter,
     read_metadata,
@@ -160,8 +163,6 @@ def model_metadata(
     Example:
       >>> model_metadata(model, info, quantization="int8", input_dtype="uint8", output_dtype="uint8")["input"]
     """
-    from tfseg import __version__
-
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     classes = int(model.output_shape[-1])
@@ -359,15 +360,60 @@ def to_tflite(
     return result
 
 
+def post_training_quantize(
+    model,
+    path,
+    mode: str = "int8",
+    *,
+    calibration_split=None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+    input_size=None,
+    **export_options,
+):
+    """Quantizes a float model after training and writes it as TFLite (``tfseg.export.to_tflite``).
+
+    Args:
+      model: a float Keras model (or Distiller).
+      path: the ``.tflite`` file.
+      mode: ``"int8"`` (full integer, calibrated on ``calibration_split``), ``"float16"`` or
+        ``"dynamic"`` (int8 weights, float activations; no calibration).
+      calibration_split: for int8: the training split to draw representative images from.
+      calibration_images: how many.
+      seed: which ones (see ``representative_images``).
+      input_size: (height, width), for models of unknown input size.
+      **export_options: passed to ``to_tflite`` (``info``, ``io_dtype``, ``model_name``,
+        ``verify_data``).
+
+    Returns:
+      ``to_tflite``'s result dict.
+
+    Raises:
+      ConfigError: unknown mode, int8 without a calibration split, a layer that cannot be converted.
+
+    Example:
+      >>> post_training_quantize(model, "student_int8.tflite", calibration_split=train, info=train.info,
+      ...                        verify_data=test)["verify"]["agreement"]
+    """
+    if mode not in PTQ_MODES:
+        raise ConfigError(f"post-training quantization mode must be one of {PTQ_MODES}, got {mode!r}")
+    model = deployable(model)
+    representative = None
+    if mode == "int8":
+        if calibration_split is None:
+            raise ConfigError("int8 post-training quantization needs calibration_split (e.g. the training split)")
+        size = input_size_of(model, input_size)
+        representative = representative_images(calibration_split, size, calibration_images, seed)
+    return to_tflite(model, path, mode, representative_data=representative, input_size=input_size, **export_options)
+
+
 def _calibration_agreement(model, flatbuffer, representative_data, path, count: int = 8) -> float:
     """Argmax agreement of the int8 model with Keras on a few calibration images (no labels
     needed), so that a collapse is reported even when no ``verify_data`` was given."""
-    from tfseg.tflite import _calibration_batches
-
     runner = interpreter(flatbuffer)
     shape = [tuple(runner.get_input_details()[0]["shape"])]
     same = total = 0
-    for step, (batch,) in enumerate(_calibration_batches(representative_data, shape)):
+    for step, (batch,) in enumerate(calibration_batches(representative_data, shape)):
         if step >= count:
             break
         expected = np.argmax(model(batch, training=False).numpy(), axis=-1)
@@ -647,6 +693,7 @@ __all__ = [
     "model_metadata",
     "normalization_of",
     "normalization_text",
+    "post_training_quantize",
     "serving_module",
     "sidecar_path",
     "to_saved_model",

@@ -28,7 +28,7 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Other spellings of "none" that to_tflite also takes: tfseg.tflite.to_tflite_bytes calls it None,
 # and model profiles call the float file "float32".
 FLOAT_QUANTIZATION_ALIASES = (None, "float32")
-# Post-training quantization (tfseg.quantize.ptq.post_training_quantize): every one that quantizes.
+# Post-training quantization (tfseg.export.post_training_quantize): every one that quantizes.
 PTQ_MODES = tuple(name for name in QUANTIZATIONS if name != "none")
 # Input/output tensor types of an int8 TFLite model (to_tflite's io_dtype; float models take float32).
 IO_DTYPES = ("uint8", "int8", "float32")

@@ -104,6 +104,9 @@ def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | o
         plt.close(fig)
 
 
+AXIS_LABELS = {"latency_ms": "LiteRT latency (ms)", "miou_litert": "mIoU in LiteRT (%)", "miou_keras": "mIoU in Keras (%)"}
+
+
 def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str = "latency_ms",
                           y: str = "miou_litert", label: str = "stage", title: str = "") -> Path:
     """Each model of a chain as a point: mIoU against latency, labelled, the chain's order joined."""
@@ -114,8 +117,8 @@ def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str 
     for row in points:
         ax.scatter(row[x], 100 * row[y], s=40, zorder=2)
         ax.annotate(str(row[label]), (row[x], 100 * row[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(f"{y.replace('_', ' ')} (%)")
+    ax.set_xlabel(AXIS_LABELS.get(x, x.replace("_", " ")))
+    ax.set_ylabel(AXIS_LABELS.get(y, y.replace("_", " ")))
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)

@@ -20,14 +20,21 @@ only when something is run, so conversion works without it.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
+from tfseg import _tfmot
 from tfseg._keras import tf
+from tfseg.options import IO_DTYPES, PTQ_MODES
 
-QUANTIZATIONS = (None, "float16", "dynamic", "int8")
-IO_DTYPES = ("int8", "uint8", "float32")
+# After tfseg._keras, which must be the first to import TensorFlow (it picks the Keras).
+from tensorflow.lite.python import schema_py_generated as schema  # noqa: E402, I001
+from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
+
+# Here float32 is None (the converter's own default); tfseg.options names it "none".
+QUANTIZATIONS = (None, *PTQ_MODES)
 
 
 def model_input_shapes(model, input_shape=None, fixed_batch=1) -> list[tuple]:
@@ -71,7 +78,7 @@ def random_images(input_shape, count: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 255.0, (count, *input_shape)).astype(np.float32)
 
 
-def _calibration_batches(representative_data, shapes):
+def calibration_batches(representative_data, shapes):
     """Yields lists of float32 input arrays with exactly the converter's input shapes.
 
     Elements may be single images, batches (split into the fixed batch size) or ``(image, mask)``
@@ -145,7 +152,7 @@ def to_tflite_bytes(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
-    qat = any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2") for layer in model.layers)
+    qat = any(_tfmot.is_qat_layer(layer) for layer in model.layers)
     if qat and quantization != "int8":
         raise ValueError(f"{model.name!r} is quantization-aware: convert it with quantization='int8'")
     if quantization == "int8" and representative_data is None and not qat:
@@ -171,7 +178,7 @@ def to_tflite_bytes(
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if not qat:
-            converter.representative_dataset = lambda: _calibration_batches(representative_data, shapes)
+            converter.representative_dataset = lambda: calibration_batches(representative_data, shapes)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         # A QAT model carries its ranges in its fake-quant nodes. Requiring TFLITE_BUILTINS_INT8
         # for it fails in TF 2.21 ("a representative_dataset must be specified": the check runs
@@ -302,11 +309,6 @@ METADATA_NAME = "tfseg"
 
 def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAME) -> bytes:
     """Returns the TFLite model with ``metadata`` stored as a JSON buffer named ``name`` (replaced if present)."""
-    import json
-
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     payload = np.frombuffer(json.dumps(metadata, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     model.metadata = [entry for entry in (model.metadata or []) if entry.name.decode() != name]
@@ -322,10 +324,6 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAM
 
 def read_metadata(tflite_bytes: bytes, name: str = METADATA_NAME) -> dict | None:
     """The JSON metadata named ``name`` in a TFLite model, or None."""
-    import json
-
-    from tensorflow.lite.tools import flatbuffer_utils
-
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     for entry in model.metadata or []:
         if entry.name.decode() == name:
@@ -356,9 +354,6 @@ def tflite_ops(tflite_bytes: bytes) -> list[dict]:
       >>> [op["op"] for op in tflite_ops(int8_bytes) if op["outputs"][0]["dtype"] == "float32"]
       []
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
     graph = model.subgraphs[0]

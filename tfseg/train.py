@@ -7,6 +7,7 @@ TensorBoard log and a curves plot refreshed every epoch.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 from tfseg import losses as seg_losses
 from tfseg import metrics as seg_metrics
 from tfseg._keras import keras
-from tfseg.checkpoint import BestModelCheckpoint, save_model
+from tfseg.checkpoint import BestModelCheckpoint, save_model, write_json
 from tfseg.errors import ConfigError
 from tfseg.options import GROUND_TRUTH_LOSSES, OPTIMIZERS, SCHEDULES
 from tfseg.report import plot_curves
@@ -147,14 +148,10 @@ class TrainingClock(keras.callbacks.Callback):
         self.path = Path(path)
 
     def on_train_begin(self, logs=None):
-        import json
-
         self.before = json.loads(self.path.read_text())["seconds"] if self.path.exists() else 0.0
         self.start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        from tfseg.checkpoint import write_json
-
         write_json(self.path, {"seconds": round(self.before + time.time() - self.start, 1), "epochs": epoch + 1})
 
 

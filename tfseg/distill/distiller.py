@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tfseg import _tfmot
 from tfseg._keras import keras, tf
 from tfseg.distill import taps
 from tfseg.distill.losses import DistillationLoss, PixelKD
 from tfseg.errors import ConfigError
+from tfseg.losses import SegmentationCrossEntropy
+from tfseg.train import segmentation_metrics
 
 
 class Distiller(keras.Model):
@@ -126,15 +129,11 @@ class Distiller(keras.Model):
         segmentation = len(self.student.output_shape) == 4
         if loss is None:
             if segmentation:
-                from tfseg.losses import SegmentationCrossEntropy
-
                 loss = SegmentationCrossEntropy(num_classes=num_classes)
             else:
                 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if metrics is None:
             if segmentation:
-                from tfseg.train import segmentation_metrics
-
                 metrics = segmentation_metrics(num_classes)
             else:
                 metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
@@ -332,14 +331,12 @@ def _check_losses(losses, teacher, student):
 
 
 def _pruned_layers(model) -> list:
-    return [layer for layer in model.layers if type(layer).__name__ == "PruneLowMagnitude"]
+    return [layer for layer in model.layers if _tfmot.is_pruning_wrapper(layer)]
 
 
 def _student_pruning_step():
     """TF-MOT's UpdatePruningStep aimed at the student: it only looks at the model that fit() runs."""
-    from tfseg._tfmot import load as load_tfmot  # lazy: only pruned students need TF-MOT
-
-    tfmot = load_tfmot()
+    tfmot = _tfmot.load()
 
     class StudentPruningStep(tfmot.sparsity.keras.UpdatePruningStep):
         def set_model(self, model):

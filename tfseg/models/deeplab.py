@@ -20,13 +20,13 @@ from tfseg._keras import keras
 from tfseg.models import heads
 from tfseg.models.common import image_input, normalize, pad_to_multiple
 from tfseg.models.fcn_resnet import load_resnet_weights, resnet_features
+from tfseg.models.mobilenet_v2 import mobilenet_v2_backbone
+from tfseg.models.pretrained import load_tfslim_mobilenet_v2
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
 
 
 def _mobilenet_v2_features(input_shape, alpha, output_stride):
-    from tfseg.models.mobilenet_v2 import mobilenet_v2_backbone  # lazy: only this branch needs it
-
     inputs = image_input(input_shape)
     x = normalize(inputs)  # MobileNetV2 weights expect [-1, 1]
     x, crop = pad_to_multiple(x, output_stride)
@@ -117,8 +117,6 @@ def build_deeplabv3(
     model = keras.Model(inputs, logits, name=name)
     if weights is not None:
         if backbone == "mobilenet_v2":
-            from tfseg.models.pretrained import load_tfslim_mobilenet_v2  # lazy
-
             load_tfslim_mobilenet_v2(model, weights)
         else:
             load_resnet_weights(model, weights)

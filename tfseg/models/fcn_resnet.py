@@ -5,6 +5,7 @@ from __future__ import annotations
 from tfseg._keras import keras
 from tfseg.models.common import image_input, pad_to_multiple
 from tfseg.models.heads import fcn_head, upsampled_logits
+from tfseg.models.pretrained import load_keras_h5
 from tfseg.models.resnet import preprocess_caffe, resnet_backbone, resnet_out_channels
 
 
@@ -28,8 +29,6 @@ def load_resnet_weights(model, weights):
     """
     if weights is None:
         return model
-    from tfseg.models.pretrained import load_keras_h5  # lazy: h5py only when loading
-
     load_keras_h5(model, weights, input_channel_flip="conv1_conv")
     return model
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from tfseg._keras import keras
 from tfseg.models.common import crop_padding, image_input, pad_to_multiple
+from tfseg.models.pretrained import load_keras_h5
 
 layers = keras.layers
 
@@ -217,7 +218,5 @@ def build_fcn_vgg16(
     logits = layers.Activation("linear", name="logits")(x)
     model = keras.Model(inputs, logits, name=f"fcn{variant}_vgg16")
     if weights is not None:
-        from tfseg.models.pretrained import load_keras_h5  # lazy: h5py and the loader are optional here
-
         load_keras_h5(model, weights, input_channel_flip="block1_conv1")
     return model

@@ -14,6 +14,7 @@ from pathlib import Path
 from tfseg._keras import keras
 from tfseg.models import common
 from tfseg.models.mobilenet_v2 import ALPHAS, OUTPUT_STRIDES, mobilenet_v2_backbone
+from tfseg.models.pretrained import load_keras_h5, load_tfslim_mobilenet_v2
 
 layers = keras.layers
 
@@ -112,12 +113,8 @@ def build_mobilenet_v2_lraspp(
     model = keras.Model(inputs, logits, name=f"mobilenet_v2_{alpha}_{head}_os{output_stride}")
 
     if weights_kind == "tfslim":
-        from tfseg.models.pretrained import load_tfslim_mobilenet_v2
-
         load_tfslim_mobilenet_v2(model, weights)
     elif weights_kind == "h5":
-        from tfseg.models.pretrained import load_keras_h5
-
         load_keras_h5(model, weights, ignore_layers=("Conv_1", "Conv_1_bn"))
     return model
 

@@ -21,8 +21,10 @@ import dataclasses
 
 import numpy as np
 
+from tfseg import models
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
+from tfseg.models.common import copy_weights
 from tfseg.options import PRUNING_CRITERIA, PRUNING_SCOPES
 from tfseg.prune.channels import ChannelGraph, analyse, model_node, node_inputs
 
@@ -302,9 +304,6 @@ def rebuild_pruned(name: str, pruned, input_shape, **options):
     Raises:
       ValueError: the pruned model does not come from ``name`` with these options.
     """
-    from tfseg import models
-    from tfseg.models.common import copy_weights
-
     options = {k: v for k, v in options.items() if k != "weights"}
     full = models.build(name, tuple(input_shape), pruned.output_shape[-1], **options)
     graph = analyse(full)

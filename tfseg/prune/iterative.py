@@ -16,9 +16,11 @@ from typing import Callable, Sequence
 
 from tfseg.batchnorm import batch_norm_layers, reestimate_batch_norm
 from tfseg.checkpoint import save_model, write_json
+from tfseg.distill import Distiller
 from tfseg.errors import ConfigError
 from tfseg.prune.channels import analyse
 from tfseg.prune.filters import apply_plan, is_residual, plan_filter_pruning
+from tfseg.report import plot_tradeoff
 
 
 @dataclasses.dataclass
@@ -123,8 +125,6 @@ def prune_filters_iteratively(
         if fine_tune_epochs:
             trainable = current
             if teacher is not None:
-                from tfseg.distill import Distiller  # lazy: pruning works without distillation
-
                 trainable = Distiller(teacher, current, distillation_losses)
             compile_model(trainable)
             trainable.fit(train_data, epochs=fine_tune_epochs, **(fit_kwargs or {}))
@@ -144,8 +144,6 @@ def _refresh_batch_norm(model, train_data, num_batches: int):
 def _record(out_dir, rounds, model):
     if out_dir is None:
         return
-    from tfseg.report import plot_tradeoff
-
     out = Path(out_dir)
     save_model(model, out / f"round_{rounds[-1].round:02d}.keras")
     rows = [r.as_row() for r in rounds]

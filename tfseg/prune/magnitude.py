@@ -19,6 +19,7 @@ import numpy as np
 from tfseg import _tfmot
 from tfseg._keras import keras
 from tfseg.errors import ConfigError
+from tfseg.tflite import to_tflite_bytes
 
 layers = keras.layers
 PRUNABLE = (layers.Conv2D, layers.Conv2DTranspose, layers.SeparableConv2D, layers.Dense)
@@ -126,7 +127,5 @@ def format_sparsity(rows: list[dict]) -> str:
 
 def compressed_sizes(model) -> dict:
     """Float32 TFLite size of ``model``, raw and gzip-compressed (level 9), in bytes."""
-    from tfseg.tflite import to_tflite_bytes
-
     flat = to_tflite_bytes(model)
     return {"tflite_bytes": len(flat), "gzip_bytes": len(gzip.compress(flat, compresslevel=9))}

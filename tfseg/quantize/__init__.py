@@ -12,7 +12,7 @@ teacher: quantization-aware distillation); ``tfseg.export`` writes and checks th
 TF-MOT is imported only when a model is made quantization-aware or loaded.
 """
 
-from tfseg.quantize.ptq import PTQ_MODES, post_training_quantize, representative_images
+from tfseg.quantize.ptq import PTQ_MODES, representative_images
 from tfseg.quantize.qat import (
     calibrate_ranges,
     freeze_batch_norm,
@@ -29,7 +29,6 @@ __all__ = [
     "freeze_batch_norm",
     "is_quantization_aware",
     "load_qat",
-    "post_training_quantize",
     "quantization_plan",
     "quantize_aware",
     "representative_images",

@@ -5,9 +5,8 @@ Full-integer int8 needs the range of every activation, measured by running the f
 training split, resized to the model's input size the way evaluation resizes them. A hundred is
 the usual amount; the choice is seeded, so two exports of one model are the same file.
 
-Example:
-  >>> from tfseg.quantize.ptq import post_training_quantize
-  >>> post_training_quantize(model, "teacher_int8.tflite", "int8", calibration_split=train, info=train.info)
+Example (the export itself is ``tfseg.export.post_training_quantize`` / ``to_tflite``):
+  >>> calibration = representative_images(train, (360, 480), count=100)
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from tfseg._keras import tf
+from tfseg.data.pipeline import _unbatched
 from tfseg.errors import ConfigError
 from tfseg.options import PTQ_MODES
+
 DEFAULT_CALIBRATION_IMAGES = 100
 
 
@@ -41,8 +42,6 @@ def representative_images(split, image_size, count: int = DEFAULT_CALIBRATION_IM
       >>> calibration.shape
       (100, 360, 480, 3)
     """
-    from tfseg.data.pipeline import _unbatched
-
     if count < 1:
         raise ConfigError(f"count must be >= 1 calibration image, got {count}")
     height, width = (int(v) for v in image_size)
@@ -58,54 +57,4 @@ def representative_images(split, image_size, count: int = DEFAULT_CALIBRATION_IM
     return np.concatenate([batch for batch in images.as_numpy_iterator()]).astype(np.float32)
 
 
-def post_training_quantize(
-    model,
-    path,
-    mode: str = "int8",
-    *,
-    calibration_split=None,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    seed: int = 0,
-    input_size=None,
-    **export_options,
-):
-    """Quantizes a float model after training and writes it as TFLite (``tfseg.export.to_tflite``).
-
-    Args:
-      model: a float Keras model (or Distiller).
-      path: the ``.tflite`` file.
-      mode: ``"int8"`` (full integer, calibrated on ``calibration_split``), ``"float16"`` or
-        ``"dynamic"`` (int8 weights, float activations; no calibration).
-      calibration_split: for int8: the training split to draw representative images from.
-      calibration_images: how many.
-      seed: which ones (see ``representative_images``).
-      input_size: (height, width), for models of unknown input size.
-      **export_options: passed to ``to_tflite`` (``info``, ``io_dtype``, ``model_name``,
-        ``verify_data``).
-
-    Returns:
-      ``to_tflite``'s result dict.
-
-    Raises:
-      ConfigError: unknown mode, int8 without a calibration split, a layer that cannot be converted.
-
-    Example:
-      >>> post_training_quantize(model, "student_int8.tflite", calibration_split=train, info=train.info,
-      ...                        verify_data=test)["verify"]["agreement"]
-    """
-    from tfseg.checkpoint import deployable
-    from tfseg.export import input_size_of, to_tflite
-
-    if mode not in PTQ_MODES:
-        raise ConfigError(f"post-training quantization mode must be one of {PTQ_MODES}, got {mode!r}")
-    model = deployable(model)
-    representative = None
-    if mode == "int8":
-        if calibration_split is None:
-            raise ConfigError("int8 post-training quantization needs calibration_split (e.g. the training split)")
-        size = input_size_of(model, input_size)
-        representative = representative_images(calibration_split, size, calibration_images, seed)
-    return to_tflite(model, path, mode, representative_data=representative, input_size=input_size, **export_options)
-
-
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "PTQ_MODES", "post_training_quantize", "representative_images"]
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "PTQ_MODES", "representative_images"]

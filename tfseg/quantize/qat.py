@@ -30,6 +30,7 @@ from tfseg.checkpoint import atomic_write, deployable
 from tfseg.errors import ConfigError
 from tfseg.models.common import input_layers
 from tfseg.quantize import configs
+from tfseg.tflite import calibration_batches
 
 # Activations TF-MOT's Default8BitActivationQuantizeConfig accepts in an ``Activation`` layer.
 _QUANTIZABLE_ACTIVATIONS = ("relu", "relu6", "swish", "gelu", "linear", "softmax", "sigmoid", "tanh")
@@ -313,8 +314,6 @@ def calibrate_ranges(qat, float_model, data, max_batches: int | None = None) -> 
     Example:
       >>> calibrate_ranges(qat, model, representative_images(train, (360, 480), count=32))
     """
-    from tfseg.tflite import _calibration_batches
-
     float_layers = {layer.name: layer for layer in float_model.layers}
     targets = {}  # float layer name -> [(min_var, max_var)]
     for layer in qat.layers:
@@ -331,7 +330,7 @@ def calibrate_ranges(qat, float_model, data, max_batches: int | None = None) -> 
     shape = [(1, *float_model.input_shape[1:])]
     low = {name: np.inf for name in names}
     high = {name: -np.inf for name in names}
-    for step, (batch,) in enumerate(_calibration_batches(data, shape)):
+    for step, (batch,) in enumerate(calibration_batches(data, shape)):
         if max_batches is not None and step >= max_batches:
             break
         outputs = probe(batch, training=False)
