@@ -26,6 +26,7 @@ from tfseg._keras import keras
 from tfseg.calibrate import folded_logit_offset
 from tfseg.checkpoint import write_json
 from tfseg.data.info import DatasetInfo
+from tfseg.distill.losses import make_distillation_loss
 from tfseg.errors import ConfigError
 from tfseg.prune.filters import rebuild_pruned
 from tfseg.quantize.qat import load_qat
@@ -171,6 +172,11 @@ class Run:
         """The loss the run was trained with (name, class weights), scoring logits minus its logit
         adjustment: the loss to fine-tune its model with."""
         return make_loss(self.record.get("loss", "ce"), self.num_classes, self.class_weights, self.logit_offset)
+
+    def distillation_losses(self, specs) -> list:
+        """Distillation losses (names or dicts, ``make_distillation_loss``) for a student of this run:
+        their ground-truth terms weigh classes like the run's loss and keep its logit adjustment."""
+        return [make_distillation_loss(spec, self.class_weights, self.logit_offset) for spec in specs]
 
     # ------------------------------------------------------------------ its models
 

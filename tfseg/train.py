@@ -107,18 +107,18 @@ def compile_for_segmentation(
     loss="ce",
     class_weights: Sequence[float] | None = None,
     optimizer=None,
-    logit_offset: Sequence[float] | None = None,
 ):
     """Checks the class count, then compiles with a segmentation loss and mIoU/pixel-accuracy metrics.
 
-    ``loss``: a name for ``make_loss`` (with ``class_weights`` and ``logit_offset``), or a built loss.
+    ``loss``: a name for ``make_loss`` (with ``class_weights``), or a built loss (a run's own:
+    ``tfseg.runs.Run.loss``, which also keeps a calibrated model's logit adjustment).
     """
     check_output_classes(model, num_classes)
-    if not isinstance(loss, str) and (class_weights is not None or logit_offset is not None):
-        raise ConfigError("class_weights and logit_offset build a named loss; a built loss already has its own")
+    if not isinstance(loss, str) and class_weights is not None:
+        raise ConfigError("class_weights build a named loss; a built loss already has its own")
     model.compile(
         optimizer=optimizer or make_optimizer(schedule="constant"),
-        loss=make_loss(loss, num_classes, class_weights, logit_offset) if isinstance(loss, str) else loss,
+        loss=make_loss(loss, num_classes, class_weights) if isinstance(loss, str) else loss,
         metrics=segmentation_metrics(num_classes),
     )
     return model

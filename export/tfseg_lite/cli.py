@@ -32,40 +32,29 @@ class CliError(Exception):
     """A problem to report in one line and exit with status 2."""
 
 
-def _int_at_least(minimum: int):
-    """An argparse ``type``: an int >= ``minimum`` (a bad value is a usage error, exit 2)."""
+def _number(convert, accepts, rule: str):
+    """An argparse ``type``: ``convert(text)`` that ``accepts``; otherwise a usage error (exit 2)
+    that says the ``rule``."""
+    kind = "int" if convert is int else "number"
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"invalid {kind} value: {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
         return value
 
     return parse
 
 
-def _fraction(text: str) -> float:
-    """An argparse ``type``: a float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    return _number(int, lambda value: value >= minimum, f">= {minimum}")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
+_fraction = _number(float, lambda value: 0.0 <= value <= 1.0, "in [0, 1]")
+_positive_float = _number(float, lambda value: value > 0, "> 0")
 
 
 def _segmenter(args, threads=None) -> Segmenter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 
 from tfseg.distill.distiller import Distiller
-from tfseg.distill.losses import make_distillation_loss
 from tfseg.errors import ConfigError
 from tfseg.pipeline.train import TrainConfig, fit_and_score, start, total_steps
 from tfseg.runs import Run
@@ -48,8 +47,7 @@ def run(config: DistillConfig, verbose="auto") -> Run:
         )
     teacher = teacher_run.model(config.teacher_which, size=config.crop_size)
     # The run's class weights, and the offset of a student started from a calibrated run.
-    losses = [make_distillation_loss(spec, student_run.class_weights, student_run.logit_offset)
-              for spec in config.losses]
+    losses = student_run.distillation_losses(config.losses)
     distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule,
                                total_steps=total_steps(student_run, config.epochs))

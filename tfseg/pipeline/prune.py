@@ -13,7 +13,6 @@ import dataclasses
 import time
 
 from tfseg.checkpoint import save_model
-from tfseg.distill.losses import make_distillation_loss
 from tfseg.evaluate import evaluate
 from tfseg.models import profile
 from tfseg.prune.iterative import prune_filters_iteratively
@@ -86,8 +85,7 @@ def run(config: PruneConfig, verbose="auto") -> Run:
                           metrics=segmentation_metrics(source.num_classes))
 
     # Weighs classes like the plain fine-tuning loss and keeps a calibrated model's offset.
-    distillation_losses = ([make_distillation_loss("pixel_kd", source.class_weights, source.logit_offset)]
-                           if config.distill else None)
+    distillation_losses = source.distillation_losses(["pixel_kd"]) if config.distill else None
     start = time.time()
     final, rounds = prune_filters_iteratively(
         model, source.training_data(), step=config.step, target=config.target,

@@ -14,7 +14,6 @@ import dataclasses
 
 from tfseg._keras import keras
 from tfseg.distill.distiller import Distiller
-from tfseg.distill.losses import make_distillation_loss
 from tfseg.errors import ConfigError
 from tfseg.pipeline.train import fit_and_score, total_steps
 from tfseg.quantize.ptq import representative_images
@@ -106,7 +105,7 @@ def run(config: QATConfig, verbose="auto") -> Run:
             raise ConfigError(f"the teacher {config.teacher_run} was trained on other classes: "
                               f"{teacher_run.info.class_names}")
         teacher = teacher_run.model(size=size)
-        losses = [make_distillation_loss(spec, source.class_weights, source.logit_offset) for spec in config.losses]
+        losses = source.distillation_losses(config.losses)
         # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
         trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
         trained.compile(optimizer, loss=source.loss(), metrics=segmentation_metrics(source.num_classes))
