@@ -189,3 +189,32 @@ def test_distill_from_a_teacher_of_other_classes(tmp_path, teacher_run):
                  "--out", tmp_path / "student", cwd=tmp_path)
     line = error_line(proc, "distill")
     assert str(teacher_run) in line and "classes" in line
+
+
+# --- chains: a chain file's mistakes are named before any stage runs -------------------------
+
+
+CHAIN_CASES = [
+    pytest.param('[teacher]\nstage = "trian"\n', [], ["[teacher]", "'trian'"], id="unknown-stage-kind"),
+    pytest.param('[teacher]\nstage = "train"\nepoch = 2\n', [], ["[teacher]", "'epoch'"], id="unknown-option"),
+    pytest.param('[teacher]\nstage = "train"\n', ["--set", "student.epochs=2"], ["'student'", "teacher"],
+                 id="override-of-a-missing-stage"),
+    pytest.param('[teacher\nstage = "train"\n', [], ["chain.toml", "not valid TOML"], id="not-toml"),
+]
+
+
+@pytest.mark.parametrize("text, args, words", CHAIN_CASES)
+def test_chain_mistakes(tmp_path, text, args, words):
+    chain = tmp_path / "chain.toml"
+    chain.write_text(f'out = "{tmp_path / "out"}"\n' + text)
+    line = error_line(tfseg("run", chain, *args, cwd=tmp_path), "run")
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_missing_chain_file_and_bad_quickstart_override(tmp_path):
+    assert "nowhere.toml" in error_line(tfseg("run", tmp_path / "nowhere.toml", cwd=tmp_path), "run")
+    line = error_line(tfseg("quickstart", "--out", tmp_path / "qs", "--set", "teacher.epoch=1", cwd=tmp_path),
+                      "quickstart")
+    assert "[teacher]" in line and "'epoch'" in line
