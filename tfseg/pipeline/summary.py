@@ -18,7 +18,7 @@ from tfseg import export
 from tfseg.checkpoint import write_json
 from tfseg.metrics import confusion_matrix, scores_from_confusion
 from tfseg.models import profile
-from tfseg.report import plot_accuracy_latency, save_png
+from tfseg.report import overlay_panel, plot_accuracy_latency, save_png
 from tfseg.runs import Run
 from tfseg.tflite import litert_latency
 
@@ -66,7 +66,7 @@ def model_row(stage, exports, split, folder: Path, threads: int = 1) -> dict:
 
 def device_check(tflite_path, split, out_dir: Path, overlays: int = 4, threads: int = 1) -> dict:
     """Runs an export through tfseg-lite's ``Segmenter`` on every image of ``split``: its mIoU, and
-    overlay pictures of the first images in ``out_dir``.
+    pictures of the first images in ``out_dir`` (image | ground truth | the Segmenter's classes).
 
     Raises:
       ImportError: tfseg-lite is not installed (it is its own package: ``pip install ./export``).
@@ -84,7 +84,7 @@ def device_check(tflite_path, split, out_dir: Path, overlays: int = 4, threads: 
         class_map = segmenter.predict(pixels)
         cm += confusion_matrix(mask, class_map, info.num_classes, info.ignore_label)
         if index < overlays:
-            save_png(out_dir / f"{index:03d}.png", segmenter.overlay(pixels, class_map))
+            save_png(out_dir / f"{index:03d}.png", overlay_panel(pixels, mask, class_map, info))
     return {"file": str(tflite_path), "miou": float(scores_from_confusion(cm)["miou"]), "images": len(split),
             "overlays": str(out_dir)}
 
