@@ -16,7 +16,7 @@ import importlib.util
 __version__ = "0.1.0"
 
 # Subpackages and modules reachable as ``tfseg.<name>`` without importing them first.
-# An entry whose module is not written yet (``runs``) fails only when it is used.
+# An entry whose module is missing fails only when it is used (hasattr stays safe).
 _SUBMODULES = (
     "batchnorm",
     "calibrate",
@@ -72,7 +72,10 @@ _EXPORTS = {
     # export
     "to_tflite": "tfseg.export",
     "to_saved_model": "tfseg.export",
+    "post_training_quantize": "tfseg.export",
     "verify": "tfseg.export",
+    # run directories
+    "Run": "tfseg.runs",
 }
 
 
