@@ -195,3 +195,27 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="scope"):
         plan_filter_pruning(model, 0.5, scope="block")
     assert analyse(model).groups
+
+
+def test_a_killed_iterative_run_goes_on_after_its_last_finished_round(tmp_path):
+    import json
+
+    from tfseg.prune.iterative import prune_filters_iteratively
+
+    model = small_model("unet")
+    scored = []
+    common = dict(step=0.25, target=0.5, fine_tune_epochs=0, compile_model=None, bn_batches=0,
+                  score=lambda m: scored.append(m.count_params()) or {"params_seen": m.count_params()})
+    whole, whole_rounds = prune_filters_iteratively(model, None, out_dir=tmp_path / "whole", **common)
+    # As if killed after round 1: its model and rows are there, round 2's are not.
+    killed = tmp_path / "killed"
+    prune_filters_iteratively(model, None, out_dir=killed, step=0.25, target=0.25, fine_tune_epochs=0,
+                              compile_model=None, bn_batches=0, score=lambda m: {"params_seen": m.count_params()})
+    scored.clear()
+    resumed, rounds = prune_filters_iteratively(model, None, out_dir=killed, **common)
+    assert scored == [whole_rounds[-1].params]  # only the missing round ran
+    assert [r.as_row() for r in rounds] == [r.as_row() for r in whole_rounds]
+    assert resumed.count_params() == whole.count_params()
+    assert len(json.loads((killed / "rounds.json").read_text())) == 3
+    with pytest.raises(ConfigError, match="another schedule"):
+        prune_filters_iteratively(model, None, out_dir=killed, **{**common, "target": 0.25})

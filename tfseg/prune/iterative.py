@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tfseg._keras import keras
 from tfseg.batchnorm import batch_norm_layers, reestimate_batch_norm
 from tfseg.checkpoint import save_model, write_json
 from tfseg.distill import Distiller
@@ -100,6 +101,9 @@ def prune_filters_iteratively(
         statistics no longer fit: on the CamVid DeepLabV3-MobileNetV2, 15 % of filters removed
         by L1 left 2.4 % val mIoU with the old statistics and 50.5 % with re-estimated ones.
 
+    A run killed between rounds goes on after its last finished round when called again with the
+    same ``out_dir`` and schedule.
+
     Returns:
       (the final pruned model, list of PruningRound).
     """
@@ -107,12 +111,17 @@ def prune_filters_iteratively(
     producers = [name for g in groups for name in g.sources]
     allowed = [name for g in groups if prune_residual or not is_residual(g) for name in g.sources]
     original = _prunable_filter_counts(model, producers)
-    rounds = [PruningRound(0, 0.0, model.count_params(), score(model))]
-    _record(out_dir, rounds, model)
-    if on_round:
-        on_round(rounds[0], model)
-    current, removed = model, 0.0
-    for k, share in enumerate(round_targets(step, target), start=1):
+    targets = round_targets(step, target)
+    rounds, current = _finished_rounds(out_dir, len(targets))
+    if not rounds:
+        rounds, current = [PruningRound(0, 0.0, model.count_params(), score(model))], model
+        _record(out_dir, rounds, model)
+        if on_round:
+            on_round(rounds[0], model)
+    removed = rounds[-1].removed
+    for k, share in enumerate(targets, start=1):
+        if k < len(rounds):  # finished before the run was killed
+            continue
         # Filters still to remove this round, taken from the layers that may lose them.
         fraction = (share - removed) * original / _prunable_filter_counts(current, allowed)
         if fraction >= 1.0:
@@ -134,6 +143,22 @@ def prune_filters_iteratively(
         if on_round:
             on_round(rounds[-1], current)
     return current, rounds
+
+
+def _finished_rounds(out_dir, num_rounds: int):
+    """The rounds a killed run of the same schedule finished in ``out_dir`` (``rounds.json`` and the
+    last round's model), to go on from; ``([], None)`` when there are none."""
+    if out_dir is None or not (Path(out_dir) / "rounds.json").exists():
+        return [], None
+    rows = load_rounds(out_dir)
+    last = Path(out_dir) / f"round_{rows[-1]['round']:02d}.keras"
+    if len(rows) > num_rounds + 1 or not last.exists():
+        raise ConfigError(f"{out_dir} holds {len(rows) - 1} pruning rounds of another schedule (this one has "
+                          f"{num_rounds}), or not their models: prune into a new directory")
+    fields = ("round", "removed", "params")
+    rounds = [PruningRound(*(row[key] for key in fields), {k: v for k, v in row.items() if k not in fields})
+              for row in rows]
+    return rounds, keras.models.load_model(last, compile=False)
 
 
 def _refresh_batch_norm(model, train_data, num_batches: int):
