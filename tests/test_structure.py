@@ -331,6 +331,23 @@ def test_no_import_cycles():
     assert not found, f"{len(found)} import cycle(s) in tfseg:\n{report}"
 
 
+# The algorithms and the layers below them: model-to-model functions that know nothing of run
+# directories or stages (DESIGN.md, "Algorithms apart from pipelines").
+ALGORITHMS = ("tfseg.distill", "tfseg.prune", "tfseg.quantize", "tfseg.export", "tfseg.models", "tfseg.data",
+              "tfseg.losses", "tfseg.metrics", "tfseg.evaluate", "tfseg.predictors", "tfseg.calibrate",
+              "tfseg.train", "tfseg.tflite")
+PIPELINE = ("tfseg.pipeline", "tfseg.runs", "tfseg.cli")
+
+
+def test_algorithms_import_nothing_from_the_pipeline():
+    """Also through function-local imports: an algorithm never reaches for a run or a stage."""
+    graph = import_graph_all_at_top()
+    wrong = [f"{module} -> {target}" for module, targets in graph.items()
+             if any(_inside(module, package) for package in ALGORITHMS)
+             for target in targets if any(_inside(target, package) for package in PIPELINE)]
+    assert not wrong, "algorithm modules import pipeline modules:\n" + "\n".join(wrong)
+
+
 def test_cycle_rule_on_known_shapes(tmp_path, monkeypatch):
     files = {
         "tfseg/__init__.py": "",
