@@ -9,6 +9,7 @@
     tfseg quantize RUN_DIR --out DIR       quantization-aware fine-tuning (QAT; with --teacher: QAT + distillation)
     tfseg export RUN_DIR --out FILE        int8 / float16 / dynamic / float TFLite or SavedModel, checked against Keras
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
+    tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
 
