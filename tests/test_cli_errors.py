@@ -91,7 +91,8 @@ def teacher_run(tmp_path_factory):
     ("quantize", ["{run}", "--out", "qat"]),
     ("calibrate", ["{run}"]),
     ("distill", ["--teacher", "{run}", "--out", "student", *TINY_SCENES]),
-], ids=["prune", "quantize", "calibrate", "distill"])
+    ("benchmark", ["{run}"]),
+], ids=["prune", "quantize", "calibrate", "distill", "benchmark"])
 def test_missing_run_directory(tmp_path, command, args):
     run = tmp_path / "no_such_run"
     line = error_line(tfseg(command, *[a.format(run=run) for a in args], cwd=tmp_path), command)

@@ -9,6 +9,7 @@
     tfseg quantize RUN_DIR --out DIR       quantization-aware fine-tuning (QAT; with --teacher: QAT + distillation)
     tfseg export RUN_DIR --out FILE        int8 / float16 / dynamic / float TFLite or SavedModel, checked against Keras
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
+    tfseg benchmark RUN_DIR                every TFLite format of a run's model: size, mIoU, latency at 1 and 2 threads
     tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
@@ -188,6 +189,17 @@ def _cmd_check_data(args) -> int:
     return 0
 
 
+def _cmd_benchmark(args) -> int:
+    from tfseg.pipeline import benchmark
+
+    result = benchmark.run(benchmark.BenchmarkConfig(
+        args.run_dir, out_dir=args.out, split=args.split, formats=tuple(args.formats), threads=tuple(args.threads),
+        max_images=args.max_images, calibration_images=args.calibration_images, runs=args.runs))
+    print(f"\n{result['table']}\n\nWritten: {result['out_dir']}/benchmark.md, benchmark.json, benchmark.png "
+          "(mIoU against latency) and the .tflite files")
+    return 0
+
+
 def _run_chain(chain_file, overrides, summary_split: str | None) -> int:
     from tfseg.pipeline import chain, summary
 
@@ -329,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     x.add_argument("--seed", type=int, default=0, help="which calibration images")
     x.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("benchmark", help="export a run to every TFLite format; size, mIoU and latency of each")
+    b.add_argument("run_dir")
+    b.add_argument("--out", help="folder for the files and the table (default RUN_DIR/benchmark)")
+    b.add_argument("--split", default="test", help="split every format is scored on (default test)")
+    b.add_argument("--formats", nargs="+", choices=names.BENCHMARK_FORMATS, default=list(names.BENCHMARK_FORMATS))
+    b.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="LiteRT thread counts to time")
+    b.add_argument("--max-images", type=int, help="score on at most this many images")
+    b.add_argument("--calibration-images", type=int, default=100, help="training images for int8 calibration")
+    b.add_argument("--runs", type=int, default=20, help="timed invocations per format and thread count")
+    b.set_defaults(func=_cmd_benchmark)
 
     e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
     e.add_argument("run_dir")

@@ -33,6 +33,8 @@ PTQ_MODES = tuple(name for name in QUANTIZATIONS if name != "none")
 # Input/output tensor types of an int8 TFLite model (to_tflite's io_dtype; float models take float32).
 IO_DTYPES = ("uint8", "int8", "float32")
 EXPORT_FORMATS = ("tflite", "saved_model")
+# `tfseg benchmark`: a TFLite file per format (float32 is the quantization "none").
+BENCHMARK_FORMATS = ("float32", "float16", "dynamic", "int8")
 # Filter pruning (tfseg.prune.filters.plan_filter_pruning): how filters are scored, and ranked
 # per layer or across the model.
 PRUNING_CRITERIA = ("l1", "l2", "bn_gamma")

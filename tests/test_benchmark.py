@@ -1,0 +1,30 @@
+"""`tfseg benchmark`: a run's model in every TFLite format, each scored in LiteRT and timed."""
+
+import json
+
+from conftest import tiny_scenes_options
+from tfseg.cli import main
+
+
+def test_benchmark_scores_and_times_every_format(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "unet", "--width", "4", "--depth", "2", "--crop-size", "32", "--epochs", "1",
+                 "--batch-size", "4", "--no-augment", "--out", str(run), *tiny_scenes_options(8)]) == 0
+    assert main(["benchmark", str(run), "--threads", "1", "2", "--runs", "2", "--calibration-images", "4",
+                 "--max-images", "6"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((run / "benchmark" / "benchmark.json").read_text())
+    rows = {row["format"]: row for row in result["rows"]}
+    assert list(rows) == ["Keras (tf_keras)", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
+    assert result["images"] == 6 and result["split"] == "test"
+    # float32 in LiteRT computes what Keras computes; the quantized files are smaller.
+    assert abs(rows["TFLite float32"]["miou"] - rows["Keras (tf_keras)"]["miou"]) < 0.01
+    sizes = {name: row["file_kib"] for name, row in rows.items() if row["file_kib"]}
+    assert sizes["TFLite float16"] < sizes["TFLite float32"] and sizes["TFLite int8"] < sizes["TFLite float32"]
+    for name, row in rows.items():
+        assert 0 <= row["miou"] <= 1
+        if name.startswith("TFLite"):
+            assert row["ms_1t"] > 0 and row["ms_2t"] > 0
+    assert rows["Keras (tf_keras)"]["ms_tf"] > 0
+    assert (run / "benchmark" / "benchmark.png").stat().st_size > 0
+    assert "| TFLite int8 |" in printed and (run / "benchmark" / "unet_int8.tflite").exists()
