@@ -51,10 +51,17 @@ def _check(readme: Path, line: int, statement: str):
     except SyntaxError as error:
         pytest.fail(f"{where}\n  is not a Python statement: {error}")
     assert all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in tree.body), where
+    namespace = {}
     try:
-        exec(compile(tree, where, "exec"), {})
+        exec(compile(tree, where, "exec"), namespace)
     except Exception as error:  # noqa: BLE001 -- any failure is the README's to report
         pytest.fail(f"{where}\n  fails: {type(error).__name__}: {error}")
+    return where, _bound_names(tree), namespace
+
+
+def _bound_names(tree) -> set[str]:
+    """The names an import statement binds (``import a.b`` binds ``a``)."""
+    return {alias.asname or alias.name.split(".")[0] for node in tree.body for alias in node.names}
 
 
 README = ROOT / "README.md"
@@ -85,9 +92,11 @@ def test_the_reader_joins_multi_line_imports(tmp_path):
 
 @pytest.mark.parametrize(("line", "statement"), TFSEG_IMPORTS, ids=[f"README.md:{line}" for line, _ in TFSEG_IMPORTS])
 def test_readme_import(line, statement):
-    _check(README, line, statement)
+    where, names, namespace = _check(README, line, statement)
+    assert names and names <= set(namespace), where
 
 
 @pytest.mark.parametrize(("line", "statement"), LITE_IMPORTS, ids=[f"export/README.md:{line}" for line, _ in LITE_IMPORTS])
 def test_device_runner_readme_import(line, statement):
-    _check(LITE_README, line, statement)
+    where, names, namespace = _check(LITE_README, line, statement)
+    assert names and names <= set(namespace), where
