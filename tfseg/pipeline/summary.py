@@ -32,18 +32,17 @@ def _float_source(run: Run) -> Run:
     return Run.open(run.record["source"]) if run.is_quantization_aware and run.record.get("source") else run
 
 
-def _exported_file(stage, exports, folder: Path) -> tuple[Path, str]:
-    """The chain's TFLite export of this stage's run, or a new one in ``folder``."""
+def _exported_file(stage, exports, folder: Path, run: Run, model) -> tuple[Path, str]:
+    """The chain's TFLite export of this stage's run, or a new one of ``model`` in ``folder``."""
     for export_stage in exports:
         config = export_stage.config
         if Path(config.run_dir) == stage.output and config.format == "tflite":
             return Path(config.out), config.quantization
-    run = Run.open(stage.output)
     quantization = "int8" if run.is_quantization_aware else "none"
     path = folder / f"{stage.name}_{'int8' if quantization == 'int8' else 'float32'}.tflite"
     if not path.exists():
-        export.to_tflite(run.model(size=run.eval_size), path, quantization, info=run.info,
-                         input_size=run.eval_size, model_name=run.model_name)
+        export.to_tflite(model, path, quantization, info=run.info, input_size=run.eval_size,
+                         model_name=run.model_name)
     return path, quantization
 
 
@@ -53,8 +52,9 @@ def model_row(stage, exports, split, folder: Path, threads: int = 1) -> dict:
     size = run.eval_size
     model = run.model(size=size)
     source = _float_source(run)
-    figures = profile(source.model(size=size), (*size, 3), tflite=False)
-    path, quantization = _exported_file(stage, exports, folder)
+    # MACs are counted on the float architecture (a QAT model's wrappers have no MAC rule).
+    figures = profile(model if source is run else source.model(size=size), (*size, 3), tflite=False)
+    path, quantization = _exported_file(stage, exports, folder, run, model)
     checked = export.verify(model, path, split, info=run.info, image_size=size)
     timing = litert_latency(path.read_bytes(), num_threads=threads, runs=20)
     return {"stage": stage.name, "kind": stage.kind, "format": "float32" if quantization == "none" else quantization,
