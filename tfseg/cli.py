@@ -146,18 +146,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from tfseg import data as seg_data
     from tfseg.evaluate import evaluate
     from tfseg.runs import Run
 
     run = Run.open(args.run_dir)
     size = args.image_size or run.eval_size
     model = run.model(args.which, size=size)
-    if args.dataset or args.data_dir or args.data_option:
-        options = _data_options(args) if (args.data_dir or args.data_option) else run.record.get("data_options", {})
-        split = seg_data.load(args.dataset or run.record["dataset"], args.split, **options)
-    else:
-        split = run.split(args.split)
+    split = run.split(args.split, args.dataset, _data_options(args) if (args.data_dir or args.data_option) else None)
     out = Path(args.out or run.path / "eval" / args.split)
     scores = evaluate(model, split, image_size=size, batch_size=args.batch_size, out_dir=out,
                       num_overlays=args.overlays)

@@ -150,9 +150,11 @@ class Run:
 
     # ------------------------------------------------------------------ its data and loss
 
-    def split(self, name: str):
-        """The ``name`` split of the run's dataset, with the run's data options."""
-        return seg_data.load(self.record["dataset"], name, **(self.record.get("data_options") or {}))
+    def split(self, name: str, dataset: str | None = None, data_options: dict | None = None):
+        """The ``name`` split of the run's dataset, with the run's data options; ``dataset`` and
+        ``data_options`` read it from elsewhere instead (another copy of the same classes)."""
+        options = (self.record.get("data_options") or {}) if data_options is None else data_options
+        return seg_data.load(dataset or self.record["dataset"], name, **options)
 
     @property
     def augment(self):

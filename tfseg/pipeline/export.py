@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tfseg import data as seg_data
 from tfseg import export
 from tfseg.checkpoint import write_json
 from tfseg.errors import ConfigError
@@ -55,13 +54,6 @@ class ExportConfig:
     seed: int = 0
 
 
-def _split(source: Run, name: str, config: ExportConfig):
-    if config.dataset is None and config.data_options is None:
-        return source.split(name)
-    options = source.record.get("data_options", {}) if config.data_options is None else config.data_options
-    return seg_data.load(config.dataset or source.record["dataset"], name, **options)
-
-
 def run(config: ExportConfig) -> dict:
     """Exports and (with ``verify_split``) verifies a run's model; see the module docstring.
 
@@ -84,14 +76,14 @@ def run(config: ExportConfig) -> dict:
             raise ConfigError(f"{config.run_dir} is quantization-aware: it exports as int8 only")
         representative = None
         if config.quantization == "int8" and not source.is_quantization_aware:
-            representative = representative_images(_split(source, config.calibration_split, config), size,
+            representative = representative_images(source.split(config.calibration_split, config.dataset, config.data_options), size,
                                                    config.calibration_images, seed=config.seed)
         result = export.to_tflite(model, config.out, config.quantization, io_dtype=config.io_dtype,
                                   representative_data=representative, **common)
     report = {key: value for key, value in result.items() if key != "metadata"}
     report.update(run_dir=str(config.run_dir), format=config.format, quantization=config.quantization)
     if config.verify_split:
-        split = _split(source, config.verify_split, config)
+        split = source.split(config.verify_split, config.dataset, config.data_options)
         checked = export.verify(model, config.out, split, info=source.info, image_size=size,
                                 max_images=config.verify_images)
         report["verify"] = {"split": config.verify_split, "data": split.name, **{key: value for key, value in checked.items()
