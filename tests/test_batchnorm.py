@@ -52,3 +52,49 @@ def test_only_num_batches_are_used_and_bad_input_is_named():
     plain = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)], name="plain")
     with pytest.raises(ConfigError, match="'plain' has no BatchNormalization"):
         reestimate_batch_norm(plain, [images])
+
+
+@pytest.mark.parametrize("with_validation_data", [True, False])
+def test_precise_bn_callback_refreshes_once_per_epoch_before_validation(with_validation_data):
+    from tfseg.batchnorm import PreciseBatchNorm
+
+    model = bn_model()
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, (8, 4, 4, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 4, 4, 2), "float32"))).batch(4)
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):  # what validation would read at each point
+        def on_test_begin(self, logs=None):
+            seen.append(("test", model.get_layer("bn_in").moving_mean.numpy().copy()))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("epoch_end", model.get_layer("bn_in").moving_mean.numpy().copy()))
+
+    precise = PreciseBatchNorm(model, data, num_batches=2)
+    calls = []
+    original = precise._reestimate
+    precise._reestimate = lambda: (calls.append(precise._done), original())
+    model.fit(data, validation_data=data if with_validation_data else None, epochs=2, verbose=0,
+              callbacks=[precise, Recorder()])
+    assert calls.count(False) == 2  # one re-estimation per epoch
+    expected = x.mean(axis=(0, 1, 2))
+    assert seen and all(np.allclose(mean, expected, atol=1e-4) for _, mean in seen)
+    assert {kind for kind, _ in seen} == ({"test", "epoch_end"} if with_validation_data else {"epoch_end"})
+    with pytest.raises(ConfigError, match="at least one batch"):
+        PreciseBatchNorm(model, data, num_batches=0)
+
+
+def test_precise_bn_is_on_by_default_only_for_models_with_bn_from_random_initialisation():
+    from tfseg.pipeline.train import PRECISE_BN_BATCHES, TrainConfig, precise_bn_batches
+
+    with_bn, without_bn = bn_model(), keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)])
+    assert precise_bn_batches(TrainConfig(), with_bn) == PRECISE_BN_BATCHES
+    assert precise_bn_batches(TrainConfig(), without_bn) == 0
+    assert precise_bn_batches(TrainConfig(model_options={"weights": "imagenet.h5"}), with_bn) == 0
+    assert precise_bn_batches(TrainConfig(init_from="runs/teacher"), with_bn) == 0
+    assert precise_bn_batches(TrainConfig(precise_bn=4, init_from="runs/teacher"), with_bn) == 4
+    assert precise_bn_batches(TrainConfig(precise_bn=0), with_bn) == 0
+    with pytest.raises(ConfigError, match="precise_bn"):
+        TrainConfig(precise_bn=-1)

@@ -49,3 +49,30 @@ def test_sizes_are_parsed_or_refused():
     assert _size("360x480") == (360, 480) and _size("96") == (96, 96)
     with pytest.raises(Exception, match="HxW"):
         _size("12xx")
+
+
+def test_model_options_and_backbone_weights_are_used_and_recorded(tmp_path):
+    import numpy as np
+
+    from tfseg._keras import keras
+    from tfseg.runs import Run
+
+    weights = tmp_path / "mobilenet_v2_0.35_no_top.h5"
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    backbone.save_weights(str(weights))
+    run_dir = tmp_path / "run"
+    code = main(["train", "--model", "mobilenet_v2_deeplabv3plus", "--model-option", "alpha=0.35",
+                 "--model-option", "aspp_rates=[1,2]", "--weights", str(weights), "--precise-bn", "1",
+                 "--crop-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "0", "--out", str(run_dir), *TINY])
+    assert code == 0
+    run = Run.open(run_dir)
+    assert run.model_options == {"alpha": 0.35, "aspp_rates": [1, 2], "weights": str(weights)}
+    assert run.record["precise_bn"] == 1
+    model = run.model()
+    # Learning rate 0: the backbone still holds the file's arrays after training.
+    np.testing.assert_array_equal(model.get_layer("block_16_project").kernel.numpy(),
+                                  backbone.get_layer("block_16_project").kernel.numpy())
+    # Precise BN replaced the file's moving statistics by ones measured on the training images.
+    assert not np.allclose(model.get_layer("bn_Conv1").moving_mean.numpy(),
+                           backbone.get_layer("bn_Conv1").moving_mean.numpy())
+    assert len(model.get_layer("aspp_concat").input) == 3

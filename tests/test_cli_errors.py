@@ -134,7 +134,14 @@ def test_unknown_names(tmp_path, args, words):
     (["train", "--crop-size", "12xx", "--out", "r"], ["--crop-size", "'12xx'"]),
     (["evaluate", "run", "--image-size", "0x32"], ["--image-size", "'0x32'"]),
     (["train", "--data-option", "num_images", "--out", "r"], ["--data-option", "'num_images'"]),
-], ids=["unknown-loss", "bad-crop-size", "bad-image-size", "data-option-without-value"])
+    (["train", "--model-option", "alpha", "--out", "r"], ["--model-option", "'alpha'"]),
+    (["train", "--model", "mobilenet_v2_lraspp", "--model-option", "alpha=0.3", "--out", "r", *TINY_SCENES],
+     ["'mobilenet_v2_lraspp'", "alpha", "0.3"]),
+    (["train", "--model", "mobilenet_v2_lraspp", "--weights", "missing.h5", "--out", "r"], ["--weights", "missing.h5"]),
+    (["train", "--init-from", "src", "--model-option", "alpha=0.35", "--out", "r"], ["--init-from", "--model-option"]),
+    (["train", "--precise-bn", "-1", "--out", "r", *TINY_SCENES], ["precise_bn", "-1"]),
+], ids=["unknown-loss", "bad-crop-size", "bad-image-size", "data-option-without-value", "model-option-without-value",
+        "bad-model-option-value", "missing-weights", "init-from-with-model-options", "negative-precise-bn"])
 def test_bad_values(tmp_path, args, words):
     """argparse's usage errors (status 2 too) and the option parsing after them."""
     line = error_line(tfseg(*args, cwd=tmp_path), args[0])

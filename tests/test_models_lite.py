@@ -7,7 +7,7 @@ import pytest
 
 from tfseg._keras import keras, tf
 from tfseg.models import common
-from tfseg.models.lite import build_fastseg_tiny, build_mobilenet_v2_lraspp
+from tfseg.models.lite import build_fastseg_tiny, build_mobilenet_v2_deeplabv3plus, build_mobilenet_v2_lraspp
 from tfseg.models.mobilenet_v2 import mobilenet_v2_backbone
 
 NPY_DIR = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_1.0_224_imagenet_tfslim_npy"
@@ -17,6 +17,7 @@ VARIANTS = {
     "lraspp": lambda shape, classes: build_mobilenet_v2_lraspp(shape, classes, alpha=0.35),
     "fcn": lambda shape, classes: build_mobilenet_v2_lraspp(shape, classes, alpha=0.35, head="fcn"),
     "tiny": build_fastseg_tiny,
+    "deeplabv3plus": lambda shape, classes: build_mobilenet_v2_deeplabv3plus(shape, classes, alpha=0.35),
 }
 
 
@@ -58,6 +59,23 @@ def test_students_build_for_camvid_360x480_and_stay_small():
         counts[name] = model.count_params()
     assert counts == {"lraspp": 292_646, "tiny": 193_291}
     assert counts["tiny"] < 1_000_000
+
+
+def test_deeplabv3plus_skip_reads_stride_4_features_and_costs_under_a_tenth_of_the_teacher():
+    from tfseg import models
+
+    model = build_mobilenet_v2_deeplabv3plus((360, 480, 3), 11)
+    # The decoder concatenates the ASPP output, upsampled 4x, with the projected stride-4 features.
+    concat = model.get_layer("decoder_concat")
+    assert [tuple(t.shape[1:]) for t in concat.input] == [(92, 120, 48), (92, 120, 16)]
+    assert model.get_layer("decoder_low_conv").input.name.startswith("block_2_depthwise_relu")
+    teacher = models.build("deeplabv3_mobilenet_v2", (360, 480, 3), 11)
+    ratio = models.profile(model, tflite=False)["macs"] / models.profile(teacher, tflite=False)["macs"]
+    assert 0.05 < ratio < 0.1
+    with pytest.raises(ValueError, match="aspp_rates"):
+        build_mobilenet_v2_deeplabv3plus((32, 32, 3), 2, aspp_rates=(0,))
+    single_branch = build_mobilenet_v2_deeplabv3plus((32, 32, 3), 2, aspp_rates=())
+    assert "aspp_concat" not in [layer.name for layer in single_branch.layers]
 
 
 def test_lraspp_head_parameters_match_a_hand_count(students):

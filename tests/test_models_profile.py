@@ -253,4 +253,4 @@ def test_model_table_recipe_writes_a_row_per_model_and_names_failures(tmp_path, 
     assert cells[:4] == ["unet_small", "segmentation", f"{expected['params'] / 1e6:.2f}", f"{expected['macs'] / 1e9:.2f}"]
     assert all(float(cell) > 0 for cell in cells[4:])  # two sizes and one latency
     assert "| broken [1] | – |" in text
-    assert "[1] build: ValueError: cannot build at 72x72" in text
+    assert "[1] build: ConfigError: model 'broken': cannot build at 72x72" in text  # build() names the model

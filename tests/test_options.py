@@ -127,3 +127,11 @@ def test_distillation_loss_names_are_the_loss_table():
     assert options.DISTILLATION_LOSSES == tuple(LOSSES)
     for name in options.DISTILLATION_LOSSES:
         assert type(make_distillation_loss(name)) is LOSSES[name]
+
+
+def test_option_values_read_lists_of_numbers_and_sizes():
+    from tfseg.options import option_value
+
+    assert option_value("[2,4]") == [2, 4]
+    assert option_value("[0.5, 96x128]") == [0.5, (96, 128)]
+    assert option_value("[]") == [] and option_value("0.35") == 0.35 and option_value("relu") == "relu"

@@ -261,6 +261,57 @@ def test_frozen_batch_norm_keeps_its_statistics_through_qat_fine_tuning(tmp_path
     load_qat(save_qat(qat, tmp_path / "frozen.h5"))  # each weight saved once
 
 
+def _partly_frozen_model():
+    """The normalisation, a frozen Conv2D + BN (TF-MOT folds them) and a frozen standalone BN
+    (rewritten as a frozen 1x1 DepthwiseConv2D, like the normalisation) before a trainable head."""
+    inputs = keras.Input((*SIZE, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem_conv", trainable=False)(x)
+    x = layers.BatchNormalization(name="stem_bn", trainable=False)(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.BatchNormalization(name="head_bn", trainable=False)(x)
+    return keras.Model(inputs, layers.Conv2D(CLASSES, 1, name="classifier")(x))
+
+
+def test_the_normalisation_and_frozen_layers_stay_fixed_through_qat(tmp_path):
+    # TF-MOT's QuantizeWrapperV2 lists the kernels it quantizes as trainable whatever the wrapped
+    # layer's ``trainable``: the normalisation's scale 1/127.5 went to -0.45 in two SGD steps.
+    keras.utils.set_random_seed(0)
+    model = _partly_frozen_model()
+    assert configs.is_rewritten(model.get_layer("head_bn"))
+    frozen = ("normalize", "stem_conv", "stem_bn", "head_bn")
+    x = images(count=8)
+    y = labels_of(model, x)
+
+    def layer_weights(qat, name):
+        # The wrapped layer's weights: not the wrapper's step counter or quantization ranges.
+        return [w for w in qat.get_layer(f"quant_{name}").weights if not w.name.endswith(("_min:0", "_max:0", "step:0"))]
+
+    def check(qat):
+        trainable = {id(w) for w in qat.trainable_weights}
+        before = {}
+        for name in frozen:
+            weights = layer_weights(qat, name)
+            assert weights and not trainable & {id(w) for w in weights}, name
+            assert not qat.get_layer(f"quant_{name}").trainable_weights, name
+            before[name] = [w.numpy() for w in weights]
+        # Only the classifier trains, with as many weights as in the float model.
+        assert len(qat.trainable_weights) == len(model.trainable_weights) == 2
+        head = [w.numpy() for w in layer_weights(qat, "classifier")]
+        fit_briefly(qat, x, y, epochs=2, learning_rate=1e-1)
+        for name in frozen:
+            for want, w in zip(before[name], layer_weights(qat, name)):
+                np.testing.assert_array_equal(w.numpy(), want, err_msg=w.name)
+        assert not any(np.allclose(w.numpy(), want) for want, w in zip(head, layer_weights(qat, "classifier")))
+
+    qat = quantize_aware(model, calibration_data=x)
+    (kernel,) = [w for w in layer_weights(qat, "normalize") if w.name.endswith("/depthwise_kernel:0")]
+    np.testing.assert_allclose(kernel.numpy(), 1 / 127.5)
+    check(qat)
+    # Loading builds TF-MOT's wrappers anew; the weights keep TF-MOT's order in the file.
+    check(load_qat(save_qat(qat, tmp_path / "frozen.h5")))
+
+
 def _family_params():
     marks = []
     for name in models.available("segmentation"):

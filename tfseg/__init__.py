@@ -22,6 +22,7 @@ _SUBMODULES = (
     "calibrate",
     "data",
     "distill",
+    "distribute",
     "errors",
     "evaluate",
     "export",

@@ -65,3 +65,40 @@ def reestimate_batch_norm(model, data, num_batches: int = 32) -> int:
     if used == 0:
         raise ConfigError("no batch to re-estimate the batch-norm statistics from (empty data)")
     return used
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Re-estimates ``model``'s BN statistics on ``data`` once per epoch, before it is validated.
+
+    Keras validation inside ``fit`` runs before ``on_epoch_end``, so the statistics are refreshed
+    at whichever comes first: ``on_test_begin`` (validation data given to ``fit``) or
+    ``on_epoch_end`` (validation by an epoch scorer placed after this callback). The refreshed
+    statistics stay in the model (training mode normalises with batch statistics, so the training
+    itself is unchanged) and are what the saved checkpoint holds.
+
+    Args:
+      model: the network whose BN layers are re-estimated (the student of a Distiller).
+      data: training batches (e.g. ``Run.training_data()``).
+      num_batches: batches averaged per epoch.
+    """
+
+    def __init__(self, model, data, num_batches: int = 16):
+        super().__init__()
+        if num_batches < 1:
+            raise ConfigError(f"precise BN needs at least one batch, got {num_batches}")
+        self.network, self.data, self.num_batches = model, data, num_batches
+        self._done = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._done = False
+
+    def _reestimate(self):
+        if not self._done:
+            reestimate_batch_norm(self.network, self.data, self.num_batches)
+            self._done = True
+
+    def on_test_begin(self, logs=None):
+        self._reestimate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._reestimate()

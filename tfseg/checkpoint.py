@@ -87,13 +87,18 @@ class BestModelCheckpoint(keras.callbacks.Callback):
       path: model file (``.keras`` or ``.h5``).
       monitor: a log key, e.g. ``"val_miou"``.
       mode: ``"max"`` or ``"min"``.
+      write_path: where this process saves instead of ``path`` (a non-chief worker of a
+        multi-worker run: ``tfseg.distribute.write_dir``). The best value is still read from
+        ``path``'s, so that every worker of a resumed run saves at the same epochs (saving reads
+        the weights, which can need all workers).
     """
 
-    def __init__(self, path, monitor: str = "val_miou", mode: str = "max"):
+    def __init__(self, path, monitor: str = "val_miou", mode: str = "max", write_path=None):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.path = Path(path)
+        self.write_path = Path(write_path or path)
         self.monitor = monitor
         self.mode = mode
         self.state_path = self.path.with_name(self.path.name + ".json")
@@ -114,5 +119,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if self._improved(value):
             self.best = value
-            save_model(self.model, self.path)
-            write_json(self.state_path, {"best": value, "epoch": epoch + 1, "monitor": self.monitor})
+            save_model(self.model, self.write_path)
+            write_json(self.write_path.with_name(self.write_path.name + ".json"),
+                       {"best": value, "epoch": epoch + 1, "monitor": self.monitor})

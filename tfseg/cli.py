@@ -10,6 +10,7 @@
     tfseg export RUN_DIR --out FILE        int8 / float16 / dynamic / float TFLite or SavedModel, checked against Keras
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
     tfseg benchmark RUN_DIR                every TFLite format of a run's model: size, mIoU, latency at 1 and 2 threads
+    tfseg diagnose RUN_DIR                 per-layer int8 error, worst first; what leaving the worst in float buys and costs
     tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
@@ -27,20 +28,36 @@ from tfseg import options as names
 from tfseg.errors import ConfigError, DataError
 from tfseg.options import loss_spec, option_value
 from tfseg.options import size as parse_size
+from tfseg.tf_config import read_tf_config
 
 # The commands import TensorFlow only once they run (so --help and argument errors are instant):
 # every tfseg import below that pulls it in sits inside the command's function.
 
 
-def _data_options(args) -> dict:
+def _key_values(items, flag: str) -> dict:
+    """Repeated ``KEY=VALUE`` arguments of ``flag`` as a dict (values read by ``option_value``)."""
     options = {}
-    if args.data_dir:
-        options["root"] = args.data_dir
-    for item in args.data_option or ():
+    for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--data-option takes KEY=VALUE, got {item!r}")
-        options[key] = option_value(value)
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        options[key.strip()] = option_value(value.strip())
+    return options
+
+
+def _data_options(args) -> dict:
+    options = {"root": args.data_dir} if args.data_dir else {}
+    return options | _key_values(args.data_option, "--data-option")
+
+
+def _model_options(args) -> dict:
+    """The builder options of ``--width``/``--depth``, ``--model-option`` and ``--weights``."""
+    options = {key: value for key, value in (("width", args.width), ("depth", args.depth)) if value}
+    options |= _key_values(args.model_option, "--model-option")
+    if args.weights:
+        if not Path(args.weights).exists():
+            raise ConfigError(f"--weights {args.weights}: no such file or directory")
+        options["weights"] = args.weights
     return options
 
 
@@ -53,10 +70,13 @@ def _add_data_args(p, default_dataset="scenes"):
 
 def _training_options(args) -> dict:
     """TrainConfig fields shared by ``train`` and ``distill``."""
-    model, model_options = args.model or args.default_model, {}
+    model, model_options = args.model or args.default_model, _model_options(args)
     if args.init_from:  # the source run's architecture unless --model says otherwise (then it must match)
         from tfseg.runs import Run
 
+        if model_options:
+            raise ConfigError("--init-from starts from that run's architecture and weights: drop "
+                              "--width/--depth/--model-option/--weights")
         source = Run.open(args.init_from)
         model, model_options = args.model or source.model_name, source.model_options
     options = dict(
@@ -66,18 +86,27 @@ def _training_options(args) -> dict:
         loss=args.loss, class_weights=args.class_weights,
         class_weight_power=args.class_weight_power, optimizer=args.optimizer,
         learning_rate=args.lr, schedule=args.schedule, augment=None if args.no_augment else {}, seed=args.seed,
+        precise_bn=args.precise_bn, distribute=args.distribute,
     )
-    if args.width or args.depth:
-        options["model_options"] = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}
     return options
 
 
+def _check_distribute(args):
+    """Checks a multi-worker run's TF_CONFIG before TensorFlow loads, so that a bad one fails at once."""
+    if args.distribute == "multi_worker":
+        read_tf_config()
+
+
 def _print_val(run, what: str = "val"):
+    if not run.record.get("complete"):  # a non-chief worker: the chief scores and writes the run
+        print(f"\ntraining done; the chief worker writes and scores the run in {run.path}")
+        return
     scores = run.scores(run.record.get("val_split", "val")) or {}
     print(f"\n{what} mIoU {100 * scores.get('miou', float('nan')):.2f}  ->  run directory {run.path}")
 
 
 def _cmd_train(args) -> int:
+    _check_distribute(args)
     from tfseg.pipeline import train
 
     _print_val(train.run(train.TrainConfig(**_training_options(args))))
@@ -85,6 +114,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_distill(args) -> int:
+    _check_distribute(args)
     from tfseg.pipeline import distill
 
     losses = [] if args.no_distillation else [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
@@ -112,6 +142,7 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
+    _check_distribute(args)
     from tfseg.pipeline import quantize
 
     losses = [loss_spec(text) for text in (args.loss_kd or ["pixel_kd"])]
@@ -119,9 +150,12 @@ def _cmd_quantize(args) -> int:
         run_dir=args.run_dir, out_dir=args.out, which=args.which, epochs=args.epochs, learning_rate=args.lr,
         batch_size=args.batch_size, image_size=args.image_size, preserve_sparsity=args.preserve_sparsity,
         teacher_run=args.teacher, losses=losses, augment=not args.no_augment,
-        calibration_images=args.calibration_images, freeze_batch_norm=args.freeze_bn, seed=args.seed)
-    _print_val(quantize.run(config), "quantization-aware val")
-    print(f"next: tfseg export {args.out} --out MODEL.tflite")
+        calibration_images=args.calibration_images, freeze_batch_norm=args.freeze_bn, seed=args.seed,
+        distribute=args.distribute)
+    run = quantize.run(config)
+    _print_val(run, "quantization-aware val")
+    if run.record.get("complete"):
+        print(f"next: tfseg export {args.out} --out MODEL.tflite")
     return 0
 
 
@@ -134,9 +168,12 @@ def _cmd_export(args) -> int:
         io_dtype=args.io_dtype, image_size=args.image_size, which=args.which,
         calibration_split=args.calibration_split, calibration_images=args.calibration_images,
         verify_split=args.verify_split, verify_images=args.verify_images, dataset=args.dataset,
-        data_options=options, seed=args.seed))
+        data_options=options, seed=args.seed, float_fallback=tuple(args.float_fallback or ()),
+        float_fallback_worst=args.float_fallback_worst))
     size_text = f" ({report['bytes'] / 1024:.0f} KiB)" if "bytes" in report else ""
     print(f"wrote {report['path']}{size_text} and {report['sidecar']}")
+    if report.get("float_fallback"):
+        print(f"left in float: {', '.join(report['float_fallback'])}")
     if "verify" in report:
         checked = report["verify"]
         print(f"{checked['data']}, {checked['num_images']} images: argmax agreement "
@@ -195,6 +232,39 @@ def _cmd_benchmark(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from tfseg.pipeline import diagnose
+
+    result = diagnose.run(diagnose.DiagnoseConfig(
+        args.run_dir, out_dir=args.out, split=args.split, images=args.images, score_splits=args.score_splits,
+        fallback_worst=tuple(args.fallback_worst), fallback_layers=tuple(args.fallback_layers or ()),
+        metric=args.metric, calibration_images=args.calibration_images, max_images=args.max_images,
+        threads=args.threads, runs=args.runs, seed=args.seed))
+    worst = ", ".join(result["worst_layers"][:5])
+    print(f"\nworst layers ({result['metric']} on {result['images']} {result['split']} images): {worst}\n\n"
+          f"{result['table']}\n\nWritten: {result['out_dir']}/diagnose.md, diagnose.json, layers.png")
+    return 0
+
+
+def _comma_list(text: str) -> list[str]:
+    """'a,b' -> ['a', 'b']: an argparse ``type`` for comma-separated names."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
+
+
+def _comma_counts(text: str) -> list[int]:
+    """'1,3,5' -> [1, 3, 5]: an argparse ``type`` for comma-separated counts of at least 1."""
+    try:
+        counts = [int(item) for item in _comma_list(text)]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts of at least 1 (e.g. 1,3,5), got {text!r}")
+    return counts
+
+
 def _run_chain(chain_file, overrides, summary_split: str | None) -> int:
     from tfseg.pipeline import chain, summary
 
@@ -203,7 +273,7 @@ def _run_chain(chain_file, overrides, summary_split: str | None) -> int:
     out = Path(settings.get("out", "tfseg_chain"))
     print(f"tfseg: {len(stages)} stages ({', '.join(f'{s.name}:{s.kind}' for s in stages)}) -> {out}")
     chain.run_stages(stages)
-    if summary_split:
+    if summary_split and chain.is_chief(stages):  # the other workers of a multi-worker chain stop here
         result = summary.summarize(stages, out, split_name=summary_split)
         print(f"\n{result['table']}\n")
         print(f"Written: {out}/summary.md, {out}/summary.png (mIoU against latency), {out}/overlays/")
@@ -231,6 +301,10 @@ def _add_training_args(p, default_model="unet_small"):
                    help="start from this run's best weights (e.g. a filter-pruned run) instead of a fresh model")
     p.add_argument("--width", type=int, help="model width option (U-Net first-level filters)")
     p.add_argument("--depth", type=int, help="model depth option (U-Net levels)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="a builder option of the zoo model, repeatable (e.g. alpha=0.35, output_stride=8)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="local pretrained backbone weights (e.g. a keras-applications MobileNetV2 *_no_top.h5)")
     _add_data_args(p)
     p.add_argument("--crop-size", type=parse_size, default=(96, 96), help="training input size, N or HxW")
     p.add_argument("--eval-size", type=parse_size,
@@ -246,7 +320,17 @@ def _add_training_args(p, default_model="unet_small"):
     p.add_argument("--schedule", default="poly", choices=names.SCHEDULES)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precise-bn", type=int, metavar="BATCHES",
+                   help="re-estimate the BN statistics on this many training batches before each validation "
+                        "(0: off; default 16 for models trained from random initialisation, else off)")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a killed run)")
+    _add_distribute_arg(p)
+
+
+def _add_distribute_arg(p):
+    p.add_argument("--distribute", default="none", choices=names.DISTRIBUTE_MODES,
+                   help="tf.distribute strategy: mirrored (this machine's GPUs) or multi_worker (every worker runs "
+                        "the same command with its TF_CONFIG); --batch-size is the global batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--freeze-bn", action="store_true",
                     help="keep the BatchNormalization statistics as trained (weights and ranges still adapt)")
     qz.add_argument("--seed", type=int, default=0)
+    _add_distribute_arg(qz)
     qz.set_defaults(func=_cmd_quantize)
 
     x = sub.add_parser("export", help="export a run as TFLite or SavedModel, with metadata and a parity check")
@@ -335,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-dir")
     x.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     x.add_argument("--seed", type=int, default=0, help="which calibration images")
+    fallback = x.add_mutually_exclusive_group()
+    fallback.add_argument("--float-fallback", type=_comma_list, metavar="LAYER[,LAYER...]",
+                          help="post-training int8: leave these Keras layers in float (tfseg diagnose names the worst)")
+    fallback.add_argument("--float-fallback-worst", type=int, metavar="K",
+                          help="post-training int8: leave the K worst layers in float, ranked as tfseg diagnose "
+                               "does by default (on val images)")
     x.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("benchmark", help="export a run to every TFLite format; size, mIoU and latency of each")
@@ -347,6 +438,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calibration-images", type=int, default=100, help="training images for int8 calibration")
     b.add_argument("--runs", type=int, default=20, help="timed invocations per format and thread count")
     b.set_defaults(func=_cmd_benchmark)
+
+    g = sub.add_parser("diagnose", help="per-layer error of a run's int8 model against float; float fallback of "
+                                        "the worst layers, scored and timed")
+    g.add_argument("run_dir", help="a float (or pruned) run; quantization-aware runs have no post-training int8")
+    g.add_argument("--out", help="report folder (default RUN_DIR/diagnose)")
+    g.add_argument("--split", default="val", help="split the per-layer error is measured on (default val)")
+    g.add_argument("--images", type=int, default=32, help="images of --split the error is measured on")
+    g.add_argument("--score-splits", nargs="+", metavar="SPLIT",
+                   help="splits every choice is scored on (default: --split), e.g. val test")
+    g.add_argument("--fallback-worst", type=_comma_counts, default=[1, 3, 5], metavar="K[,K...]",
+                   help="leave the K worst layers in float, for each K (default 1,3,5)")
+    g.add_argument("--fallback-layers", type=_comma_list, metavar="LAYER[,LAYER...]",
+                   help="one more choice: these Keras layers in float")
+    g.add_argument("--metric", default=names.DIAGNOSIS_METRICS[0], choices=names.DIAGNOSIS_METRICS,
+                   help="how layers are ranked (default rmse_scale: error in output quantization steps)")
+    g.add_argument("--calibration-images", type=int, default=100, help="training images for int8 calibration")
+    g.add_argument("--max-images", type=int, help="score on at most this many images per split")
+    g.add_argument("--threads", type=int, default=1, help="LiteRT threads (scoring and timing)")
+    g.add_argument("--runs", type=int, default=20, help="timed invocations per model")
+    g.add_argument("--seed", type=int, default=0, help="which calibration and diagnosis images")
+    g.set_defaults(func=_cmd_diagnose)
 
     e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
     e.add_argument("run_dir")

@@ -3,8 +3,10 @@ with their description embedded, files written atomically, and parity checks aga
 
 - ``to_tflite(model, path, quantization=..., io_dtype=...)``: batch fixed at 1, the ``tfseg/1``
   JSON of docs/export_format.md embedded under the TFLite metadata name ``tfseg`` and written
-  beside as ``<file>.json``; the file is loaded in LiteRT and run once before it replaces
-  ``path``. A quantization-aware model (``tfseg.quantize.quantize_aware``) converts to int8 from
+  beside as ``<file>.json``, and TFLite Model Metadata (``TFLITE_METADATA`` with the label file,
+  ``tfseg.tflite_metadata``) so MediaPipe's ImageSegmenter loads it; the file is loaded in LiteRT
+  and run once before it replaces ``path``. A quantization-aware model
+  (``tfseg.quantize.quantize_aware``) converts to int8 from
   its own ranges; a float model needs ``representative_data`` (``tfseg.quantize.ptq``).
 - ``to_saved_model(model, path)``: a ``serving_default`` signature taking uint8 images of any
   size (normalisation and resizing inside the graph) and returning ``class_map`` and
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfseg import __version__
+from tfseg import __version__, tflite_metadata
 from tfseg._keras import keras, tf
 from tfseg.checkpoint import DIR_MODE, atomic_write, deployable, write_json
 from tfseg.data.info import IGNORE_LABEL, DatasetInfo
@@ -238,12 +240,12 @@ def _failing_layer(model, error, input_shape) -> str | None:
     return None
 
 
-def _convert(model, quantization, representative_data, io_dtype, input_size) -> bytes:
+def _convert(model, quantization, representative_data, io_dtype, input_size, float_fallback=()) -> bytes:
     height, width = input_size_of(model, input_size)
     try:
         return to_tflite_bytes(
             model, None if quantization == "none" else quantization, representative_data,
-            input_shape=(height, width, 3), io_dtype=io_dtype,
+            input_shape=(height, width, 3), io_dtype=io_dtype, float_layers=float_fallback or None,
         )
     except ValueError as error:  # our own argument checks (tfseg.tflite)
         raise ConfigError(str(error)) from error
@@ -264,6 +266,24 @@ def _tensor_dtype(detail) -> str:
     return np.dtype(detail["dtype"]).name
 
 
+def _warn_if_uint8_input_is_not_raw(detail, path):
+    """MediaPipe feeds a uint8 input the image's bytes unchanged; that equals what LiteRT and
+    tfseg-lite feed (pixels quantized with the tensor's scale and zero point) only for scale 1 and
+    zero point 0, which calibration images spanning 0..255 give."""
+    if np.dtype(detail["dtype"]) != np.uint8:
+        return
+    scale, zero = detail["quantization"]
+    if not np.isclose(scale, 1.0, rtol=1e-5) or zero != 0:
+        warnings.warn(
+            f"{path}: the uint8 input is quantized with scale {scale:.6g} and zero point {zero}, not 1 and 0 "
+            "(the calibration images do not span pixel values 0..255): MediaPipe feeds raw pixels to uint8 "
+            "inputs, so its results will differ from LiteRT's and tfseg-lite's. Calibrate on real images, "
+            "or export with io_dtype='float32'.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _check_tflite_file(path, metadata) -> dict:
     """Loads a written ``.tflite`` file in LiteRT, runs it once and checks its embedded metadata."""
     data = Path(path).read_bytes()
@@ -274,6 +294,12 @@ def _check_tflite_file(path, metadata) -> dict:
     output = runner.get_tensor(runner.get_output_details()[0]["index"])
     if read_metadata(data) != metadata:
         raise RuntimeError(f"{path}: the embedded tfseg metadata did not read back as written")
+    standard = tflite_metadata.read(data, str(path))
+    mean, std = tflite_metadata.normalization_options(metadata["input"]["pixel_range"])
+    if (standard is None or standard["labels"] != metadata["classes"] or standard["input"]["mean"] != [mean]
+            or standard["input"]["std"] != [std]
+            or standard["activation"] != tflite_metadata.ACTIVATION_OF_OUTPUT[metadata["output"]["kind"]]):
+        raise RuntimeError(f"{path}: the TFLite Model Metadata (TFLITE_METADATA) did not read back as written")
     if tuple(output.shape[1:3]) != (metadata["output"]["height"], metadata["output"]["width"]):
         raise RuntimeError(f"{path}: output shape {output.shape} does not match the metadata")
     return {"input": detail, "output": runner.get_output_details()[0]}
@@ -290,6 +316,7 @@ def to_tflite(
     input_size=None,
     model_name: str | None = None,
     verify_data=None,
+    float_fallback=(),
 ) -> dict:
     """Converts a model to a TFLite file with batch 1, its description embedded and beside it.
 
@@ -311,6 +338,8 @@ def to_tflite(
         right away; the report is returned under ``"verify"`` (and warns on a collapse). Without
         it, a calibrated int8 export is still compared with the model on 8 calibration images
         (argmax agreement under ``"calibration_agreement"``, with the same warning).
+      float_fallback: for post-training int8: Keras layer names whose operators stay in float
+        (the worst layers of ``tfseg.quantize.diagnose``); input and output keep ``io_dtype``.
 
     Returns:
       ``{"path", "sidecar", "bytes", "metadata"}`` (+ ``"verify"`` or ``"calibration_agreement"``).
@@ -337,14 +366,19 @@ def to_tflite(
     info = _info_or_generic(model, info)
     path = Path(path)
 
-    flatbuffer = _convert(model, quantization, representative_data, io_dtype, input_size)
+    flatbuffer = _convert(model, quantization, representative_data, io_dtype, input_size, float_fallback)
     probe = interpreter(flatbuffer)
     metadata = model_metadata(
         model, info, quantization=quantization, input_size=input_size, model_name=model_name,
         input_dtype=_tensor_dtype(probe.get_input_details()[0]),
         output_dtype=_tensor_dtype(probe.get_output_details()[0]),
     )
+    _warn_if_uint8_input_is_not_raw(probe.get_input_details()[0], path)
     flatbuffer = embed_metadata(flatbuffer, metadata)
+    try:  # last: TFLite Model Metadata for MediaPipe, its label file zipped onto the end
+        flatbuffer = tflite_metadata.populate(flatbuffer, metadata)
+    except tflite_metadata.MetadataFormatError as error:
+        raise ConfigError(f"{path}: {error}") from error
 
     def write(tmp):
         Path(tmp).write_bytes(flatbuffer)

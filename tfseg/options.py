@@ -35,6 +35,8 @@ IO_DTYPES = ("uint8", "int8", "float32")
 EXPORT_FORMATS = ("tflite", "saved_model")
 # `tfseg benchmark`: a TFLite file per format (float32 is the quantization "none").
 BENCHMARK_FORMATS = ("float32", "float16", "dynamic", "int8")
+# int8 diagnosis (tfseg.quantize.diagnose): how operators are ranked; the first is the default.
+DIAGNOSIS_METRICS = ("rmse_scale", "relative_rmse")
 # Filter pruning (tfseg.prune.filters.plan_filter_pruning): how filters are scored, and ranked
 # per layer or across the model.
 PRUNING_CRITERIA = ("l1", "l2", "bn_gamma")
@@ -42,6 +44,8 @@ PRUNING_SCOPES = ("layer", "global")
 # Distillation losses: the keys of tfseg.distill.losses.LOSSES, which holds their classes (and
 # imports TensorFlow); a test keeps the two equal.
 DISTILLATION_LOSSES = ("pixel_kd", "pairwise_kd", "csc", "ace", "cwd")
+# Distribution strategies of the training stages (tfseg.distribute.strategy).
+DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 
 
 def size(text: str) -> tuple[int, int]:
@@ -59,7 +63,9 @@ def size(text: str) -> tuple[int, int]:
 
 
 def option_value(text: str):
-    """A KEY=VALUE option's value: int, float, HxW size, or the text itself."""
+    """A KEY=VALUE option's value: int, float, HxW size, a ``[a,b,...]`` list of these, or the text itself."""
+    if text.startswith("[") and text.endswith("]"):
+        return [option_value(item.strip()) for item in text[1:-1].split(",") if item.strip()]
     if re.fullmatch(r"-?\d+", text):
         return int(text)
     if re.fullmatch(r"\d+x\d+", text):

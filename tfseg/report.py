@@ -129,6 +129,30 @@ def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str 
         plt.close(fig)
 
 
+def plot_ranking(labels: Sequence[str], values: Sequence[float], path: str | os.PathLike, xlabel: str = "",
+                 title: str = "", reference: float | None = None, reference_label: str = "") -> Path:
+    """Horizontal bars, the first value at the top (a ranking, worst first); ``reference`` draws a
+    dashed vertical line (e.g. the error rounding alone gives)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.24 * max(len(values), 1)))
+    positions = np.arange(len(values))[::-1]
+    ax.barh(positions, values, color="tab:red", alpha=0.75)
+    ax.set_yticks(positions, labels, fontsize=7)
+    if reference is not None:
+        ax.axvline(reference, color="0.3", linestyle="--", linewidth=1, label=reference_label or None)
+        if reference_label:
+            ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (rows: ground truth) as a heat map."""
     cm = np.asarray(cm, dtype=np.float64)

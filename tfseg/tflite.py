@@ -3,6 +3,11 @@ the bytes, and time them with LiteRT.
 
 The full export module (SavedModel, parity reports, files on disk) builds on these.
 
+Post-training int8 also comes in its two halves, ``calibrated_tflite`` (measure the activation
+ranges) and ``quantize_calibrated`` (quantize, optionally leaving chosen operators in float), with
+``operator_layers`` naming the Keras layers behind each TFLite operator: float fallback of chosen
+layers (``to_tflite_bytes(..., float_layers=...)``) and the int8 diagnosis of ``tfseg.quantize.diagnose``.
+
 Why conversion goes through a concrete function with a fixed input signature instead of
 ``TFLiteConverter.from_keras_model``:
 
@@ -20,8 +25,10 @@ only when something is run, so conversion works without it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
+import warnings
 
 import numpy as np
 
@@ -31,6 +38,7 @@ from tfseg.options import IO_DTYPES, PTQ_MODES
 
 # After tfseg._keras, which must be the first to import TensorFlow (it picks the Keras).
 from tensorflow.lite.python import schema_py_generated as schema  # noqa: E402, I001
+from tensorflow.lite.python.convert import mlir_quantize  # noqa: E402
 from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 
 # Here float32 is None (the converter's own default); tfseg.options names it "none".
@@ -117,6 +125,7 @@ def to_tflite_bytes(
     *,
     input_shape=None,
     io_dtype: str = "int8",
+    float_layers=None,
 ) -> bytes:
     """Converts a Keras model to a TFLite flatbuffer.
 
@@ -136,13 +145,16 @@ def to_tflite_bytes(
       input_shape: (height, width[, channels]) when the model's spatial size is unknown.
       io_dtype: for ``"int8"``: the type of the model's input and output tensors, ``"int8"``,
         ``"uint8"`` or ``"float32"`` (quantize/dequantize inside the model).
+      float_layers: for post-training ``"int8"``: Keras layer names whose TFLite operators stay
+        in float (float fallback, e.g. the worst layers of ``tfseg.quantize.diagnose``).
 
     Returns:
       The ``.tflite`` file contents.
 
     Raises:
       ValueError: an unknown ``quantization`` or ``io_dtype``, int8 without representative data,
-        or an input size that is neither fixed by the model nor given.
+        an input size that is neither fixed by the model nor given, or ``float_layers`` that
+        name no operator (or with a quantization-aware model, or another quantization).
 
     Example:
       >>> float_bytes = to_tflite_bytes(model, input_shape=(360, 480, 3))
@@ -160,6 +172,30 @@ def to_tflite_bytes(
             "int8 conversion needs representative_data (e.g. 100 training images); "
             "tfseg.tflite.random_images(shape) will do when only size or speed matters"
         )
+    if float_layers and (quantization != "int8" or qat):
+        raise ValueError(
+            f"float fallback applies to post-training int8 of a float model; {model.name!r} "
+            + ("is quantization-aware (its int8 ranges come from training)" if qat else f"converts to {quantization}")
+        )
+    if float_layers:
+        calibrated = calibrated_tflite(model, representative_data, fixed_batch, input_shape=input_shape)
+        return quantize_calibrated(calibrated, io_dtype, float_fallback_tensors(model, calibrated, float_layers))
+    converter = _converter(model, quantization, representative_data, fixed_batch, input_shape, io_dtype, qat)
+    flatbuffer = converter.convert()
+    if quantization == "int8" and qat:
+        left = sorted({op["op"] for op in tflite_ops(flatbuffer)
+                       if op["op"] not in ("QUANTIZE", "DEQUANTIZE")
+                       and any(t["dtype"] == "float32" for t in op["inputs"] + op["outputs"])})
+        if left:
+            raise ValueError(
+                f"the quantization-aware model {model.name!r} converted with float operators left ({', '.join(left)}): "
+                "some layer has no fake-quant range (see tfseg.quantize.configs)"
+            )
+    return flatbuffer
+
+
+def _converter(model, quantization, representative_data, fixed_batch, input_shape, io_dtype, qat):
+    """The TFLiteConverter ``to_tflite_bytes`` runs, set up for ``quantization``."""
     shapes = model_input_shapes(model, input_shape, fixed_batch)
     specs = [tf.TensorSpec(shape, spec.dtype) for shape, spec in zip(shapes, model.inputs)]
 
@@ -185,17 +221,55 @@ def to_tflite_bytes(
         # before the converter has seen the graph), so its ops are checked after conversion.
         if io_dtype != "float32":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io_dtype)
-    flatbuffer = converter.convert()
-    if quantization == "int8" and qat:
-        left = sorted({op["op"] for op in tflite_ops(flatbuffer)
-                       if op["op"] not in ("QUANTIZE", "DEQUANTIZE")
-                       and any(t["dtype"] == "float32" for t in op["inputs"] + op["outputs"])})
-        if left:
-            raise ValueError(
-                f"the quantization-aware model {model.name!r} converted with float operators left ({', '.join(left)}): "
-                "some layer has no fake-quant range (see tfseg.quantize.configs)"
-            )
-    return flatbuffer
+    return converter
+
+
+def calibrated_tflite(model, representative_data, fixed_batch=1, *, input_shape=None) -> bytes:
+    """The float TFLite model with the activation ranges measured on ``representative_data``.
+
+    The first half of a post-training int8 conversion (``to_tflite_bytes(model, "int8", ...)``
+    runs the same converter with the same calibration); ``quantize_calibrated`` does the second,
+    optionally leaving chosen operators in float. Calibrating once serves several quantizations.
+
+    Raises:
+      ValueError: a quantization-aware model (it carries its own ranges), no data, a bad size.
+    """
+    if any(_tfmot.is_qat_layer(layer) for layer in model.layers):
+        raise ValueError(f"{model.name!r} is quantization-aware: its int8 ranges come from training, not calibration")
+    if representative_data is None:
+        raise ValueError("calibration needs representative_data (e.g. 100 training images)")
+    # float32 I/O here: quantize_calibrated sets the types (int8 ones would want input statistics).
+    converter = _converter(model, "int8", representative_data, fixed_batch, input_shape, "float32", False)
+    # The converter's own switch: stop after measuring the ranges (what QuantizationDebugger uses).
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def quantize_calibrated(calibrated: bytes, io_dtype: str = "int8", float_tensors=(), *,
+                        numeric_verify: bool = False) -> bytes:
+    """Quantizes a ``calibrated_tflite`` model to int8, leaving the operators that write ``float_tensors`` in float.
+
+    The call the converter makes after calibration (TensorFlow's MLIR quantizer), with its
+    experimental deny-list: a denied operator keeps float weights and computes in float between a
+    DEQUANTIZE and a QUANTIZE. Input and output keep ``io_dtype``.
+
+    Args:
+      calibrated: from ``calibrated_tflite``.
+      io_dtype: ``"int8"``, ``"uint8"`` or ``"float32"`` input and output tensors.
+      float_tensors: TFLite tensor names (of the calibrated model) whose operators stay float
+        (``float_fallback_tensors`` finds them from Keras layer names).
+      numeric_verify: instead, the debug model of ``tf.lite.experimental.QuantizationDebugger``:
+        every int8 operator is followed by its float twin on the same (dequantized) inputs and a
+        ``NumericVerify`` operator comparing the two (``io_dtype`` is then float32).
+
+    Returns:
+      The ``.tflite`` contents.
+    """
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+    io = tf.float32 if numeric_verify else getattr(tf, io_dtype)
+    return mlir_quantize(calibrated, input_data_type=io, output_data_type=io, enable_numeric_verify=numeric_verify,
+                         denylisted_nodes=list(float_tensors) or None)
 
 
 def _interpreter_class():
@@ -209,13 +283,20 @@ def _interpreter_class():
     return Interpreter
 
 
-def interpreter(tflite_bytes: bytes, num_threads: int = 1):
+def interpreter(tflite_bytes: bytes, num_threads: int = 1, *, preserve_all_tensors: bool = False):
     """A LiteRT interpreter over ``tflite_bytes`` with its tensors allocated.
+
+    ``preserve_all_tensors`` keeps every intermediate tensor readable after ``invoke()`` (for
+    debugging; it costs memory).
 
     Raises:
       ImportError: ai-edge-litert is not installed (the message says how to install it).
     """
-    runner = _interpreter_class()(model_content=bytes(tflite_bytes), num_threads=num_threads)
+    with warnings.catch_warnings():
+        # LiteRT warns that preserving tensors is for debugging: asked for, it is.
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        runner = _interpreter_class()(model_content=bytes(tflite_bytes), num_threads=num_threads,
+                                      experimental_preserve_all_tensors=preserve_all_tensors)
     runner.allocate_tensors()
     return runner
 
@@ -268,36 +349,58 @@ def litert_latency(tflite_bytes: bytes, num_threads: int = 1, runs: int = 20, wa
       ImportError: ai-edge-litert is not installed.
       ValueError: ``runs`` < 1.
     """
+    return litert_latencies({"model": tflite_bytes}, num_threads, runs, warmup, seed)["model"]
+
+
+def litert_latencies(models: dict, num_threads: int = 1, runs: int = 20, warmup: int = 3, seed: int = 0) -> dict:
+    """Times several TFLite models in turns, as ``litert_latency`` times one: each round invokes every
+    model once, so a load that comes and goes on a shared machine falls on all of them alike and
+    their ratios hold within one call.
+
+    Args:
+      models: name -> model bytes.
+      num_threads, runs, warmup, seed: as for ``litert_latency`` (runs and warmup per model).
+
+    Returns:
+      name -> ``litert_latency``'s dict.
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    runner = interpreter(tflite_bytes, num_threads)
-    rng = np.random.default_rng(seed)
-    for detail in runner.get_input_details():
-        dtype = np.dtype(detail["dtype"])
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            value = rng.integers(info.min, info.max, detail["shape"], endpoint=True)
-        else:
-            value = rng.uniform(0.0, 255.0, detail["shape"])
-        runner.set_tensor(detail["index"], value.astype(dtype))
+    runners = {}
+    for name, tflite_bytes in models.items():
+        runner = runners[name] = interpreter(tflite_bytes, num_threads)
+        rng = np.random.default_rng(seed)
+        for detail in runner.get_input_details():
+            dtype = np.dtype(detail["dtype"])
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                value = rng.integers(info.min, info.max, detail["shape"], endpoint=True)
+            else:
+                value = rng.uniform(0.0, 255.0, detail["shape"])
+            runner.set_tensor(detail["index"], value.astype(dtype))
     for _ in range(warmup):
-        runner.invoke()
-    times = []
+        for runner in runners.values():
+            runner.invoke()
+    times = {name: [] for name in runners}
     for _ in range(runs):
-        start = time.perf_counter()
-        runner.invoke()
-        times.append((time.perf_counter() - start) * 1000.0)
-    times = np.asarray(times)
-    return {
-        "median_ms": float(np.median(times)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "mean_ms": float(times.mean()),
-        "min_ms": float(times.min()),
-        "max_ms": float(times.max()),
-        "runs": runs,
-        "warmup": warmup,
-        "num_threads": num_threads,
-    }
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner.invoke()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    stats = {}
+    for name, values in times.items():
+        values = np.asarray(values)
+        stats[name] = {
+            "median_ms": float(np.median(values)),
+            "p90_ms": float(np.percentile(values, 90)),
+            "mean_ms": float(values.mean()),
+            "min_ms": float(values.min()),
+            "max_ms": float(values.max()),
+            "runs": runs,
+            "warmup": warmup,
+            "num_threads": num_threads,
+        }
+    return stats
 
 
 
@@ -307,13 +410,16 @@ def litert_latency(tflite_bytes: bytes, num_threads: int = 1, runs: int = 20, wa
 METADATA_NAME = "tfseg"
 
 
-def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAME) -> bytes:
-    """Returns the TFLite model with ``metadata`` stored as a JSON buffer named ``name`` (replaced if present)."""
+def embed_buffer(tflite_bytes: bytes, name: str, payload: bytes) -> bytes:
+    """Returns the TFLite model with ``payload`` stored as the metadata buffer ``name`` (replaced if present).
+
+    The model is re-serialised, so anything appended after its flatbuffer (the associated-files
+    zip of ``tfseg.tflite_metadata``) is dropped: attach that last.
+    """
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
-    payload = np.frombuffer(json.dumps(metadata, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     model.metadata = [entry for entry in (model.metadata or []) if entry.name.decode() != name]
     buffer = schema.BufferT()
-    buffer.data = payload
+    buffer.data = np.frombuffer(bytes(payload), dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = name
@@ -322,13 +428,49 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAM
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def read_metadata(tflite_bytes: bytes, name: str = METADATA_NAME) -> dict | None:
-    """The JSON metadata named ``name`` in a TFLite model, or None."""
+def read_buffer(tflite_bytes: bytes, name: str) -> bytes | None:
+    """The contents of the metadata buffer named ``name`` in a TFLite model, or None."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     for entry in model.metadata or []:
         if entry.name.decode() == name:
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode("utf-8"))
+            data = model.buffers[entry.buffer].data
+            return b"" if data is None else bytes(np.asarray(data, np.uint8))
     return None
+
+
+def embed_metadata(tflite_bytes: bytes, metadata: dict, name: str = METADATA_NAME) -> bytes:
+    """Returns the TFLite model with ``metadata`` stored as a JSON buffer named ``name`` (replaced if present)."""
+    return embed_buffer(tflite_bytes, name, json.dumps(metadata, sort_keys=True).encode("utf-8"))
+
+
+def read_metadata(tflite_bytes: bytes, name: str = METADATA_NAME) -> dict | None:
+    """The JSON metadata named ``name`` in a TFLite model, or None."""
+    payload = read_buffer(tflite_bytes, name)
+    return None if payload is None else json.loads(payload.decode("utf-8"))
+
+
+def io_tensors(tflite_bytes: bytes) -> dict:
+    """The subgraph count and the main graph's input and output tensors, without running the model.
+
+    Returns:
+      ``{"subgraphs": int, "inputs": [...], "outputs": [...]}``, each tensor
+      ``{"name", "dtype" ("uint8", "float32", ...), "shape"}``.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    type_names = _enum_names(schema.TensorType)
+    graph = model.subgraphs[0]
+
+    def describe(index):
+        t = graph.tensors[index]
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        shape = [int(d) for d in (t.shape if t.shape is not None else [])]
+        return {"name": name, "dtype": type_names[t.type].lower(), "shape": shape}
+
+    return {
+        "subgraphs": len(model.subgraphs),
+        "inputs": [describe(i) for i in graph.inputs],
+        "outputs": [describe(i) for i in graph.outputs],
+    }
 
 
 def _enum_names(enum_class) -> dict:
@@ -372,29 +514,121 @@ def tflite_ops(tflite_bytes: bytes) -> list[dict]:
         else:
             data = None
         name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        return {"name": name, "dtype": dtype, "shape": shape, "data": data}
+        return {"name": name, "dtype": dtype, "shape": shape, "data": data, "index": int(index)}
 
     ops = []
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)  # the schema keeps both fields
-        ops.append({
+        entry = {
             "op": op_names.get(builtin, f"BUILTIN_{builtin}"),
             "inputs": [tensor(i) for i in op.inputs if i >= 0],
             "outputs": [tensor(i) for i in op.outputs],
-        })
+        }
+        if code.customCode:
+            entry["custom_code"] = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+        ops.append(entry)
     return ops
+
+
+def _layer_scopes(tensor_name: str) -> list[str]:
+    """The name scopes in a TFLite tensor name: fused operators join their TensorFlow op names with
+    ``;`` (``model/block_1_expand_relu/Relu6;model/block_1_expand/Conv2D``); the last part of each
+    is the op, the parts before are scopes (the model's, then the layer's)."""
+    return [scope for piece in tensor_name.split(";") for scope in piece.split("/")[:-1]]
+
+
+def operator_layers(model, tflite_bytes: bytes) -> list[dict]:
+    """The operators of a TFLite model converted from ``model``, each with the Keras layers it computes.
+
+    TFLite keeps the TensorFlow op names as tensor names, and those start with the model's and the
+    layer's name scopes; a fused operator (convolution + batch norm + ReLU6) names all its layers.
+    The operator writing the model's output is named after the output (``Identity``): it is
+    given the model's output layer.
+
+    Args:
+      model: the Keras model the file was converted from (by ``to_tflite_bytes`` or
+        ``calibrated_tflite``).
+      tflite_bytes: the file.
+
+    Returns:
+      One dict per operator in execution order: ``{"index", "op", "tensor" (its first output's
+      name), "layers" (Keras layer names in model order, possibly empty), "layer" (the one to show:
+      the first with weights, else the last)}``.
+
+    Example:
+      >>> operator_layers(model, calibrated)[3]["layers"]
+      ['expanded_conv_depthwise', 'expanded_conv_depthwise_BN', 'expanded_conv_depthwise_relu']
+    """
+    order = {layer.name: position for position, layer in enumerate(model.layers)}
+    ops = tflite_ops(tflite_bytes)
+    consumed = {t["index"] for op in ops for t in op["inputs"]}
+    output_layers = [name for name in getattr(model, "output_names", []) if name in order]
+    found = []
+    for index, op in enumerate(ops):
+        tensor = op["outputs"][0]
+        names = sorted({scope for scope in _layer_scopes(tensor["name"]) if scope in order}, key=order.get)
+        if not names and tensor["index"] not in consumed and op["op"] not in ("QUANTIZE", "DEQUANTIZE"):
+            names = output_layers
+        weighted = [name for name in names if model.get_layer(name).weights]
+        found.append({"index": index, "op": op.get("custom_code", op["op"]), "tensor": tensor["name"], "layers": names,
+                      "layer": weighted[0] if weighted else (names[-1] if names else None)})
+    return found
+
+
+def check_layer_names(model, layers) -> list[str]:
+    """``layers`` (a name or names) as a list, each checked to be a layer of ``model``.
+
+    Raises:
+      ValueError: naming the first unknown name and the closest layer names.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    known = {layer.name for layer in model.layers}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{model.name!r} has no layer {name!r}{hint}")
+    return names
+
+
+def float_fallback_tensors(model, calibrated: bytes, layers) -> list[str]:
+    """The tensor names that ``quantize_calibrated`` leaves in float for the Keras layers ``layers``.
+
+    Raises:
+      ValueError: a name that is not a layer of ``model`` (with the closest names), or a layer
+        with no TFLite operator of its own (removed or folded into another at conversion).
+    """
+    names = check_layer_names(model, layers)
+    operators = operator_layers(model, calibrated)
+    tensors = []
+    for name in names:
+        mine = [op["tensor"] for op in operators if name in op["layers"] and op["op"] not in ("QUANTIZE", "DEQUANTIZE")]
+        if not mine:
+            raise ValueError(f"layer {name!r} of {model.name!r} has no TFLite operator of its own "
+                             f"({type(model.get_layer(name)).__name__} removed or folded at conversion): "
+                             "name the layer it is fused into")
+        tensors.extend(tensor for tensor in mine if tensor not in tensors)
+    return tensors
 
 
 __all__ = [
     "IO_DTYPES",
     "METADATA_NAME",
     "QUANTIZATIONS",
+    "calibrated_tflite",
+    "embed_buffer",
     "embed_metadata",
+    "float_fallback_tensors",
     "interpreter",
+    "io_tensors",
+    "litert_latencies",
     "litert_latency",
     "model_input_shapes",
+    "operator_layers",
+    "quantize_calibrated",
     "random_images",
+    "read_buffer",
     "read_metadata",
     "run_tflite",
     "tflite_ops",

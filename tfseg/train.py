@@ -2,7 +2,8 @@
 
 ``fit`` wraps ``model.fit`` with: a best-model checkpoint written atomically, BackupAndRestore so
 that a killed run resumes from its last finished epoch, a CSV log (appended across resumes), a
-TensorBoard log and a curves plot refreshed every epoch.
+TensorBoard log and a curves plot refreshed every epoch. Under a ``tf.distribute`` strategy (the
+model built and compiled in its scope, ``tfseg.distribute``) only the chief writes the run's files.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tfseg import distribute
 from tfseg import losses as seg_losses
 from tfseg import metrics as seg_metrics
-from tfseg._keras import keras
+from tfseg._keras import keras, tf
 from tfseg.checkpoint import BestModelCheckpoint, save_model, write_json
 from tfseg.errors import ConfigError
 from tfseg.options import GROUND_TRUTH_LOSSES, OPTIMIZERS, SCHEDULES
@@ -156,12 +158,23 @@ class TrainingClock(keras.callbacks.Callback):
 
 
 def training_callbacks(out_dir: str | os.PathLike, monitor: str = "val_miou", tensorboard: bool = True,
-                       model_suffix: str = ".keras") -> list:
-    """The callbacks of ``fit``, in an order where the log is written before it is plotted."""
+                       model_suffix: str = ".keras", write_dir: str | os.PathLike | None = None) -> list:
+    """The callbacks of ``fit``, in an order where the log is written before it is plotted.
+
+    ``write_dir``: where this process writes its model files when it is not ``out_dir`` (a
+    non-chief worker, ``tfseg.distribute.write_dir``); then only the callbacks every worker must
+    run are returned (the backup, which handles workers itself, and the best-model checkpoint).
+    """
     out = Path(out_dir)
+    write = out if write_dir is None else Path(write_dir)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        BestModelCheckpoint(out / f"best{model_suffix}", monitor=monitor, mode="min" if "loss" in monitor else "max"),
+        BestModelCheckpoint(out / f"best{model_suffix}", monitor=monitor, mode="min" if "loss" in monitor else "max",
+                            write_path=write / f"best{model_suffix}"),
+    ]
+    if write != out:
+        return callbacks
+    callbacks += [
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         CurvesPlot(out / "log.csv", out / "curves.png"),
         TrainingClock(out / "train_time.json"),
@@ -191,8 +204,15 @@ def fit(
 
     If out_dir holds the backup of a killed run, training resumes after its last finished epoch.
 
+    Under a distribution strategy, ``batch_size`` of the data is the global batch, split over the
+    replicas; datasets are sharded by example (``tfseg.distribute.shard_by_example``). Every worker
+    of a multi-worker run calls ``fit`` alike; the non-chief ones write their model files into a
+    temporary folder that is removed at the end, the others (log, curves, TensorBoard, time) only
+    on the chief. ``out_dir`` must then be the same shared folder for every worker (the backup
+    is restored from the chief's).
+
     Args:
-      model: a compiled model (see ``compile_for_segmentation``).
+      model: a compiled model (see ``compile_for_segmentation``), built in its strategy's scope.
       train_data, val_data: batched datasets of (images, masks).
       out_dir: run directory.
       epochs: total epochs (a resumed run continues up to this number).
@@ -211,17 +231,24 @@ def fit(
         monitor = "val_miou" if val_data is not None or epoch_scorers else "miou"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    strategy = model.distribute_strategy
+    write_dir = distribute.write_dir(out, strategy)
+    train_data, val_data = (distribute.shard_by_example(data) if isinstance(data, tf.data.Dataset) else data
+                            for data in (train_data, val_data))
     history = model.fit(
         train_data,
         validation_data=val_data,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=list(epoch_scorers) + training_callbacks(out, monitor, tensorboard, model_suffix) + list(callbacks),
+        callbacks=list(epoch_scorers) + training_callbacks(out, monitor, tensorboard, model_suffix, write_dir)
+        + list(callbacks),
         verbose=progress_verbosity(verbose),
     )
-    save_last(model, out / f"last{model_suffix}")
+    # Every worker saves (reading the weights may all-reduce), only the chief into out_dir.
+    save_last(model, write_dir / f"last{model_suffix}")
+    distribute.remove_write_dir(out, strategy)
     # BackupAndRestore deletes its checkpoint when fit() ends but leaves the folder behind.
     backup = out / "backup"
-    if backup.is_dir() and not any(backup.iterdir()):
+    if distribute.is_chief(strategy) and backup.is_dir() and not any(backup.iterdir()):
         backup.rmdir()
     return history

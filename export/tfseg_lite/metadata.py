@@ -1,127 +1,38 @@
-"""Reads a tfseg model's description (format ``tfseg/1``) without TensorFlow or the flatbuffers package.
+"""Reads a tfseg model's description without TensorFlow or the flatbuffers package.
 
-The description is JSON, embedded in the ``.tflite`` file as a TFLite metadata entry named
-``tfseg``, or next to it in a sidecar ``<file>.json`` (see ``docs/export_format.md`` in the tfseg
-repository). The embedded copy wins; the sidecar is the fallback.
+Two descriptions can be in a ``.tflite`` file (see ``docs/export_format.md`` in the tfseg
+repository), and one beside it:
 
-Only the few flatbuffer fields on one path are decoded, with ``struct``::
+- the ``tfseg/1`` JSON, a TFLite metadata entry named ``tfseg`` (classes, palette, input size
+  and dtype, quantization, ...);
+- TFLite Model Metadata (``TFLITE_METADATA``, what MediaPipe Tasks reads): the class names as the
+  output's label file, the input's normalisation, the output activation
+  (``tfseg_lite.tflite_metadata``);
+- a sidecar ``<file>.json`` with the ``tfseg/1`` JSON, for older exports.
 
-    Model (root table)  --field 6 "metadata"-->  [Metadata {name: string (0), buffer: uint32 (1)}]
-    Model               --field 4 "buffers"--->  [Buffer {data: [ubyte] (0), offset: uint64 (1), size: uint64 (2)}]
-
-Flatbuffer layout in brief (all little-endian):
-
-- The file starts with a uint32 offset to the root table, then the 4-byte file identifier
-  (``TFL3`` for TFLite).
-- A table starts with an int32 ``soffset``; its vtable is at ``table - soffset``. The vtable holds
-  uint16 values: its own size in bytes, the table's size, then one offset per field id (0 when
-  the field is absent, and fields past the vtable's end are absent too).
-- A field that refers to a table, vector or string stores a uint32 offset relative to the
-  field's own position. A vector (or string) is a uint32 element count followed by the elements;
-  a vector of tables stores one such relative offset per element.
+The embedded JSON wins over the sidecar. When the file has TFLite Model Metadata, its class names
+and normalisation are the ones used, and a JSON description that says otherwise is an error; a
+file with TFLite Model Metadata alone (e.g. written by MediaPipe's metadata writer) is described
+from it and its tensors.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
-import os
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from tfseg_lite import tflite_metadata
+from tfseg_lite.errors import MetadataError, ModelError, TfsegLiteError
+from tfseg_lite.flatbuffer import is_tflite, metadata_buffer, open_model
 
 METADATA_NAME = "tfseg"
 FORMAT = "tfseg/1"
-FILE_IDENTIFIER = b"TFL3"
 INPUT_DTYPES = ("uint8", "int8", "float32")
 OUTPUT_KINDS = ("logits", "probabilities")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-
-# Field ids in the TFLite schema (tensorflow/lite/schema/schema.fbs), only the ones read here.
-_MODEL_BUFFERS = 4
-_MODEL_METADATA = 6
-_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
-_METADATA_NAME, _METADATA_BUFFER = 0, 1
-
-
-class TfsegLiteError(Exception):
-    """Base class of tfseg-lite's own errors."""
-
-
-class ModelError(TfsegLiteError, ValueError):
-    """A file is not a usable TFLite model (not TFLite, damaged, or unsupported by the runner)."""
-
-
-class MetadataError(TfsegLiteError, ValueError):
-    """A model's tfseg description is missing or does not follow the ``tfseg/1`` contract."""
-
-
-class _Reader:
-    """Bounds-checked access to a flatbuffer; every failure becomes a ModelError naming the file."""
-
-    def __init__(self, data, name: str):
-        self.data = data
-        self.name = name
-
-    def _unpack(self, fmt: str, pos: int):
-        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
-            raise ModelError(f"{self.name}: damaged TFLite file (offset {pos} is outside its {len(self.data)} bytes)")
-        return struct.unpack_from(fmt, self.data, pos)[0]
-
-    def u16(self, pos: int) -> int:
-        return self._unpack("<H", pos)
-
-    def u32(self, pos: int) -> int:
-        return self._unpack("<I", pos)
-
-    def u64(self, pos: int) -> int:
-        return self._unpack("<Q", pos)
-
-    def field_pos(self, table: int, field_id: int) -> int | None:
-        """Absolute position of a field's value in ``table``, or None when the field is absent."""
-        vtable = table - self._unpack("<i", table)
-        vtable_size = self.u16(vtable)
-        entry = 4 + 2 * field_id  # skip the two uint16 sizes at the vtable's start
-        if entry + 2 > vtable_size:
-            return None  # written by an older schema that did not have this field
-        offset = self.u16(vtable + entry)
-        return table + offset if offset else None
-
-    def deref(self, pos: int) -> int:
-        """Follows a uint32 offset stored at ``pos`` (relative to ``pos`` itself)."""
-        return pos + self.u32(pos)
-
-    def table_vector(self, table: int, field_id: int) -> list[int]:
-        """Positions of the tables in a vector-of-tables field (empty when absent)."""
-        pos = self.field_pos(table, field_id)
-        if pos is None:
-            return []
-        vector = self.deref(pos)
-        return [self.deref(vector + 4 + 4 * i) for i in range(self.u32(vector))]
-
-    def byte_vector(self, table: int, field_id: int) -> tuple[int, int] | None:
-        """(start, length) of a ubyte-vector or string field, or None when absent."""
-        pos = self.field_pos(table, field_id)
-        if pos is None:
-            return None
-        vector = self.deref(pos)
-        length = self.u32(vector)
-        if vector + 4 + length > len(self.data):
-            raise ModelError(f"{self.name}: damaged TFLite file (a vector runs past the end of the file)")
-        return vector + 4, length
-
-    def scalar(self, table: int, field_id: int, fmt: str, default=0):
-        pos = self.field_pos(table, field_id)
-        return default if pos is None else self._unpack(fmt, pos)
-
-
-def is_tflite(path) -> bool:
-    """True when ``path`` is a file with the TFLite flatbuffer identifier ``TFL3`` at bytes 4-8."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8)[4:8] == FILE_IDENTIFIER
-    except OSError:
-        return False
+# An activation applied after the model means it outputs scores before it (and NONE: final scores).
+OUTPUT_KIND_OF_ACTIVATION = {"SOFTMAX": "logits", "SIGMOID": "logits", "NONE": "probabilities"}
 
 
 def read_embedded(path, name: str = METADATA_NAME) -> bytes | None:
@@ -138,45 +49,8 @@ def read_embedded(path, name: str = METADATA_NAME) -> bytes | None:
       FileNotFoundError: ``path`` does not exist.
       ModelError: ``path`` is not a TFLite flatbuffer, or it is damaged.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"{path} is a directory, not a TFLite model file (give the .tflite file)")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8 or f.read(8)[4:8] != FILE_IDENTIFIER:
-            raise ModelError(
-                f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); "
-                "export one with tfseg (a .tflite file)"
-            )
-        # mmap: large models are not read into memory just to find a few hundred bytes of JSON.
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _find_entry(_Reader(data, str(path)), name, path)
-
-
-def _find_entry(reader: _Reader, name: str, path: Path) -> bytes | None:
-    root = reader.u32(0)
-    for entry in reader.table_vector(root, _MODEL_METADATA):
-        span = reader.byte_vector(entry, _METADATA_NAME)
-        if span is None or bytes(reader.data[span[0] : span[0] + span[1]]) != name.encode():
-            continue
-        index = reader.scalar(entry, _METADATA_BUFFER, "<I")
-        buffers = reader.table_vector(root, _MODEL_BUFFERS)
-        if index >= len(buffers):
-            raise ModelError(f"{path}: metadata {name!r} points at buffer {index}, but the model has {len(buffers)}")
-        buffer = buffers[index]
-        # Models over 2 GB keep buffer contents after the flatbuffer: offset/size from the file start
-        # (offset 1 is a placeholder meaning "empty", so only offsets > 1 are real).
-        offset = reader.scalar(buffer, _BUFFER_OFFSET, "<Q")
-        if offset > 1:
-            size = reader.scalar(buffer, _BUFFER_SIZE, "<Q")
-            if offset + size > len(reader.data):
-                raise ModelError(f"{path}: damaged TFLite file (buffer {index} runs past the end of the file)")
-            return bytes(reader.data[offset : offset + size])
-        span = reader.byte_vector(buffer, _BUFFER_DATA)
-        return b"" if span is None else bytes(reader.data[span[0] : span[0] + span[1]])
-    return None
+    with open_model(path) as reader:
+        return metadata_buffer(reader, name)
 
 
 @dataclass(frozen=True)
@@ -196,8 +70,13 @@ class Metadata:
       ignore_label: the label value that means "void" in training masks, or None.
       normalization: how the model normalises pixels, as text (informative: tfseg models do it
         inside the graph, so the runner only feeds pixels in ``pixel_range``).
-      source: where the description came from: ``embedded`` or the sidecar's path.
-      raw: the whole JSON, unknown keys included.
+      source: where the description came from: ``embedded`` (the tfseg JSON in the file), the
+        sidecar's path, or ``TFLITE_METADATA`` (TFLite Model Metadata alone).
+      activation: the output activation of the file's TFLite Model Metadata (``NONE``,
+        ``SIGMOID``, ``SOFTMAX``), or None.
+      tflite_metadata: whether the file has TFLite Model Metadata (then ``classes`` and
+        ``pixel_range`` come from it).
+      raw: the whole JSON, unknown keys included (empty when described by TFLite Model Metadata alone).
     """
 
     classes: tuple
@@ -214,6 +93,8 @@ class Metadata:
     ignore_label: int | None = None
     normalization: str = ""
     source: str = "embedded"
+    activation: str | None = None
+    tflite_metadata: bool = False
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -337,41 +218,130 @@ def sidecar_path(model_path) -> Path:
     return Path(str(model_path) + ".json")
 
 
+def _color_space_fits(channels: int, standard, where: str):
+    expected = {3: "RGB", 1: "GRAYSCALE"}[channels]
+    if standard.color_space not in (None, "UNKNOWN", expected):
+        raise MetadataError(f"{where}: its TFLITE_METADATA says the input is {standard.color_space}, "
+                            f"but the input has {channels} channel(s)")
+
+
+def _agree(described: Metadata, standard, where: str) -> Metadata:
+    """The JSON description, checked against the file's TFLite Model Metadata (the two must agree)."""
+    if standard.labels is not None and standard.labels != described.classes:
+        raise MetadataError(
+            f"{where}: the class names of its TFLITE_METADATA label file {list(standard.labels)} differ from "
+            f"those of its tfseg description ({described.source}) {list(described.classes)}"
+        )
+    pixel_range = standard.pixel_range(where)
+    if pixel_range is not None:
+        low, high = described.pixel_range
+        tolerance = 1e-4 * (high - low)
+        if abs(pixel_range[0] - low) > tolerance or abs(pixel_range[1] - high) > tolerance:
+            raise MetadataError(
+                f"{where}: its TFLITE_METADATA normalisation (mean {list(standard.mean)}, std {list(standard.std)}) "
+                f"maps pixels onto [{pixel_range[0]:g}, {pixel_range[1]:g}], its tfseg description "
+                f"({described.source}) says pixel_range [{low:g}, {high:g}]"
+            )
+    _color_space_fits(described.channels, standard, where)
+    return replace(described, activation=standard.activation, tflite_metadata=True)
+
+
+def from_tflite_metadata(standard, where: str) -> Metadata:
+    """A description from TFLite Model Metadata and the model's tensors alone (no tfseg JSON).
+
+    Classes come from the label file (``class_0``, ``class_1``, ... without one), the pixel range
+    from NormalizationOptions (a uint8 input without them takes raw pixels, as in MediaPipe), the
+    size and dtype from the input tensor; the palette is the default one and ``quantization`` is
+    inferred from the input dtype (``int8`` for integer inputs, else ``none``: informative only).
+
+    Raises:
+      MetadataError: tensors a segmenter cannot have, or metadata that contradicts them.
+    """
+    shape, out = standard.input_shape, standard.output_shape
+    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
+        raise MetadataError(f"{where}: the input tensor has shape {shape}, not (1, height, width, channels)")
+    if len(out) != 4 or out[0] != 1 or min(out) < 1:
+        raise MetadataError(f"{where}: the output tensor has shape {out}, not (1, height, width, classes)")
+    height, width, channels = (int(d) for d in shape[1:])
+    if channels not in (1, 3):
+        raise MetadataError(f"{where}: the input has {channels} channels; 1 or 3 are supported")
+    if standard.input_dtype not in INPUT_DTYPES:
+        raise MetadataError(f"{where}: the input tensor is {standard.input_dtype}; one of {INPUT_DTYPES} is supported")
+    _color_space_fits(channels, standard, where)
+    num_classes = int(out[-1])
+    classes = standard.labels if standard.labels is not None else tuple(f"class_{i}" for i in range(num_classes))
+    if len(classes) != num_classes:
+        raise MetadataError(f"{where}: its TFLITE_METADATA label file names {len(classes)} classes, "
+                            f"the output has {num_classes}")
+    pixel_range = standard.pixel_range(where)
+    if pixel_range is None:
+        if standard.input_dtype == "float32":
+            raise MetadataError(f"{where}: a float32 input without NormalizationOptions in its TFLITE_METADATA: "
+                                "the pixel range it takes is unknown (MediaPipe refuses such models too)")
+        pixel_range, text = (0.0, 255.0), "none in the metadata: raw pixels"
+    else:
+        text = f"(x - {standard.mean[0]:g}) / {standard.std[0]:g} from TFLite Model Metadata"
+    return Metadata(
+        classes=tuple(classes),
+        palette=tuple(tuple(c) for c in default_palette(num_classes)),
+        height=height,
+        width=width,
+        channels=channels,
+        input_dtype=standard.input_dtype,
+        pixel_range=pixel_range,
+        output_kind=OUTPUT_KIND_OF_ACTIVATION.get(standard.activation, "logits"),
+        quantization="int8" if standard.input_dtype in ("uint8", "int8") else "none",
+        model=standard.name or "unknown",
+        normalization=text,
+        source=tflite_metadata.METADATA_NAME,
+        activation=standard.activation,
+        tflite_metadata=True,
+    )
+
+
 def load(model_path) -> Metadata:
-    """The tfseg description of a model: the embedded ``tfseg`` entry, else the sidecar JSON.
+    """The description of a model: its tfseg JSON (embedded, else the sidecar) and its TFLite Model Metadata.
 
     Args:
-      model_path: a ``.tflite`` file exported by tfseg.
+      model_path: a ``.tflite`` file exported by tfseg (or one with TFLite Model Metadata).
 
     Returns:
-      The validated Metadata.
+      The validated Metadata. With TFLite Model Metadata in the file, its class names and
+      normalisation are used (checked against the JSON when there is one).
 
     Raises:
       FileNotFoundError: the model file does not exist.
       ModelError: the file is not a TFLite model, or it is damaged.
-      MetadataError: there is no description (embedded or sidecar), it is not valid JSON, or it
-        breaks the ``tfseg/1`` contract. Every message names the file.
+      MetadataError: there is no description at all, a description is damaged or not valid
+        JSON, it breaks the ``tfseg/1`` contract, or the two descriptions disagree. Every
+        message names the file.
     """
     path = Path(model_path)
     payload = read_embedded(path)
+    standard = tflite_metadata.read(path)
+    described = None
+    sidecar = sidecar_path(path)
     if payload is not None:
         try:
             description = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise MetadataError(f"{path}: the embedded '{METADATA_NAME}' metadata is not valid JSON ({err})") from err
-        return parse(description, str(path), "embedded")
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
+        described = parse(description, str(path), "embedded")
+    elif sidecar.is_file():
         try:
             description = json.loads(sidecar.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise MetadataError(f"{sidecar}: not valid JSON ({err})") from err
-        return parse(description, str(sidecar), str(sidecar))
+        described = parse(description, str(sidecar), str(sidecar))
+    if standard is not None:
+        return from_tflite_metadata(standard, str(path)) if described is None else _agree(described, standard, str(path))
+    if described is not None:
+        return described
     raise MetadataError(
-        f"{path} has no tfseg description: no '{METADATA_NAME}' entry in its TFLite metadata and no "
-        f"sidecar {sidecar.name}. Export the model with tfseg, which embeds it "
-        "(tfseg.tflite.embed_metadata on a converted model), or write the sidecar JSON described in "
-        "tfseg's docs/export_format.md next to the model."
+        f"{path} has no tfseg description: no '{METADATA_NAME}' entry and no TFLITE_METADATA (TFLite Model Metadata) "
+        f"in the file, and no sidecar {sidecar.name}. Export the model with tfseg, which embeds both "
+        "(tfseg.export.to_tflite; tfseg.tflite.embed_metadata on a converted model), or write the sidecar "
+        "JSON described in tfseg's docs/export_format.md next to the model."
     )
 
 
@@ -383,6 +353,7 @@ __all__ = [
     "ModelError",
     "TfsegLiteError",
     "default_palette",
+    "from_tflite_metadata",
     "is_tflite",
     "load",
     "parse",

@@ -160,7 +160,8 @@ class Segmenter:
     """A tfseg TFLite segmentation model, ready to run.
 
     Args:
-      model_path: the ``.tflite`` file (its description embedded, or in ``<file>.json``).
+      model_path: the ``.tflite`` file (its description embedded, or in ``<file>.json``; TFLite Model
+        Metadata as MediaPipe reads it is enough too, see ``tfseg_lite.metadata.load``).
       num_threads: interpreter threads (default: all CPU cores, 4 on a Raspberry Pi 4/5).
       runtime: ``litert``, ``tflite-runtime`` or ``auto``/None (see ``tfseg_lite.runtime.load``).
       reference_kernels: run TFLite's portable reference kernels instead of the optimised ones
@@ -336,7 +337,8 @@ class Segmenter:
             "runtime": self.runtime.label,
             "threads": self.num_threads,
             "file_kb": round(self.model_path.stat().st_size / 1024, 1),
-            "metadata": meta.source,
+            # Where the description came from, and whether TFLite Model Metadata (MediaPipe's) is there too.
+            "metadata": meta.source + (" + TFLITE_METADATA" if meta.tflite_metadata and meta.source != "TFLITE_METADATA" else ""),
         }
 
 

@@ -22,7 +22,7 @@ from tfseg.models.deeplab import build_deeplabv3
 from tfseg.models.fcn_resnet import build_fcn_resnet
 from tfseg.models.fcn_vgg import build_fcn_vgg16
 from tfseg.models.googlenet import build_googlenet_fcn
-from tfseg.models.lite import build_fastseg_tiny, build_mobilenet_v2_lraspp
+from tfseg.models.lite import build_fastseg_tiny, build_mobilenet_v2_deeplabv3plus, build_mobilenet_v2_lraspp
 from tfseg.models.profiling import format_profile, layer_table, profile
 from tfseg.models.unet import build_unet
 
@@ -53,6 +53,7 @@ _REGISTRY: dict[str, ModelEntry] = {
     "deeplabv3_mobilenet_v2": ModelEntry(build_deeplabv3, {"backbone": "mobilenet_v2"}),
     "mobilenet_v2_lraspp": ModelEntry(build_mobilenet_v2_lraspp, {}),
     "mobilenet_v2_fcn": ModelEntry(build_mobilenet_v2_lraspp, {"head": "fcn"}),
+    "mobilenet_v2_deeplabv3plus": ModelEntry(build_mobilenet_v2_deeplabv3plus, {}),
     "fastseg_tiny": ModelEntry(build_fastseg_tiny, {}),
     "resnet18_cifar": ModelEntry(build_resnet18_cifar, {}, CLASSIFICATION),
     "cnn5": ModelEntry(build_cnn5, {}, CLASSIFICATION),
@@ -93,6 +94,7 @@ def build(name: str, input_shape, num_classes: int, **options):
     Raises:
       ConfigError: unknown name (the message lists the known ones; a ConfigError is a ValueError).
       ModelOptionError: an option the builder does not take (a ConfigError and a TypeError).
+      ConfigError: a value the builder refuses (its ValueError, prefixed with the model's name).
     """
     entry = _entry(name)
     options = {**entry.defaults, **options}
@@ -103,7 +105,12 @@ def build(name: str, input_shape, num_classes: int, **options):
             known = ", ".join(p for p in accepted if p not in ("input_shape", "num_classes"))
             raise ModelOptionError(f"model {name!r} got an unexpected keyword argument {unknown[0]!r}; "
                                    f"its options are {known}")
-    return entry.builder(input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    try:
+        return entry.builder(input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    except ConfigError:
+        raise
+    except ValueError as error:  # a bad option value or weights file: the user's input, named in one line
+        raise ConfigError(f"model {name!r}: {error}") from error
 
 
 def rebuild(name: str, model, input_shape, **options):
@@ -139,6 +146,7 @@ __all__ = [
     "build_fcn_resnet",
     "build_fcn_vgg16",
     "build_googlenet_fcn",
+    "build_mobilenet_v2_deeplabv3plus",
     "build_mobilenet_v2_lraspp",
     "build_resnet18_cifar",
     "build_unet",

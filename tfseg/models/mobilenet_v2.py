@@ -64,7 +64,11 @@ def _stride2_padding(x):
 
 
 def _inverted_res_block(x, expansion: int, filters: int, stride: int, dilation: int, block_id: int):
-    """One inverted residual block; layer names as in keras.applications."""
+    """One inverted residual block; layer names as in keras.applications.
+
+    Returns:
+      (block output, the expanded features after the depthwise conv's ReLU6).
+    """
     in_channels = x.shape[-1]
     inputs = x
     if block_id:
@@ -84,14 +88,14 @@ def _inverted_res_block(x, expansion: int, filters: int, stride: int, dilation: 
         3, strides=stride, dilation_rate=dilation, padding=padding, use_bias=False, name=prefix + "depthwise"
     )(x)
     x = layers.BatchNormalization(name=prefix + "depthwise_BN", **_BN)(x)
-    x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
+    x = expanded = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=prefix + "project")(x)
     x = layers.BatchNormalization(name=prefix + "project_BN", **_BN)(x)
     # Residual exactly where keras.applications has one (blocks whose nominal stride is 1 and that
     # keep their width): the layer set, and so weight loading, must not depend on output_stride.
     if BLOCKS[block_id][2] == 1 and in_channels == filters:
         x = layers.Add(name=prefix + "add")([inputs, x])
-    return x
+    return x, expanded
 
 
 def mobilenet_v2_backbone(
@@ -115,7 +119,9 @@ def mobilenet_v2_backbone(
         layers that carry pretrained weights.
 
     Returns:
-      ``{"low_level": stride-4 tensor (block_2_add, 24*alpha ch), "s8": block_5_add (32*alpha ch),
+      ``{"low_level": stride-4 tensor (block_2_add, 24*alpha ch), "low_level_expanded": the same
+      block's expanded features (block_2_depthwise_relu, 6x as many channels: DeepLabV3+'s decoder
+      input for MobileNetV2), "s8": block_5_add (32*alpha ch),
       "s16": block_12_add (96*alpha ch), "features": block_16_project_BN (320*alpha ch) or out_relu}``.
       With ``output_stride`` 8, ``s16`` has stride 8 (the keys name the stage, not the stride).
 
@@ -148,8 +154,9 @@ def mobilenet_v2_backbone(
         else:
             dilation = rate
             current_stride *= stride
-        x = _inverted_res_block(x, expansion, filters, stride, dilation, block_id)
+        x, expanded = _inverted_res_block(x, expansion, filters, stride, dilation, block_id)
         if block_id == LOW_LEVEL_BLOCK:
+            out["low_level_expanded"] = expanded
             if name_endpoints:
                 x = layers.Activation("linear", name="low_level")(x)
             out["low_level"] = x

@@ -71,6 +71,15 @@ def keras_latency(model, size, runs: int = 20, warmup: int = 3) -> float:
     return float(np.median(timings))
 
 
+def score(predictors: dict, split, max_images: int | None = None, verbose="auto") -> tuple[int, dict]:
+    """The mIoU of every predictor (name -> ``tfseg.predictors.Predictor``) on a split, in one pass
+    at full label resolution; returns ``(images scored, {name: miou})``."""
+    info = split.info
+    confusions = {name: ConfusionMatrix(p, info.num_classes, info.ignore_label) for name, p in predictors.items()}
+    images = stream(list(predictors.values()), split, list(confusions.values()), max_images=max_images, verbose=verbose)
+    return images, {name: float(confusion.scores()["miou"]) for name, confusion in confusions.items()}
+
+
 def _exports(source: Run, model, config: BenchmarkConfig, folder: Path) -> dict:
     """format name -> exported .tflite path (written once; reused by a rerun)."""
     formats = ["int8"] if source.is_quantization_aware else list(config.formats)
@@ -105,16 +114,12 @@ def run(config: BenchmarkConfig, verbose="auto") -> dict:
     keras_predictor = KerasPredictor(model, size)
     predictors = {"keras": keras_predictor, **{name: TFLitePredictor(path, num_threads=max(config.threads))
                                                 for name, path in paths.items()}}
-    split = source.split(config.split)
-    info = split.info
-    confusions = {name: ConfusionMatrix(p, info.num_classes, info.ignore_label) for name, p in predictors.items()}
-    images = stream(list(predictors.values()), split, list(confusions.values()), max_images=config.max_images,
-                    verbose=verbose)
-    rows = [{"format": "Keras (tf_keras)", "file_kib": None, "miou": float(confusions["keras"].scores()["miou"]),
+    images, mious = score(predictors, source.split(config.split), config.max_images, verbose)
+    rows = [{"format": "Keras (tf_keras)", "file_kib": None, "miou": mious["keras"],
              "ms_tf": keras_latency(model, size, config.runs)}]
     for name, path in paths.items():
         row = {"format": f"TFLite {name}", "file": str(path), "file_kib": path.stat().st_size / 1024,
-               "miou": float(confusions[name].scores()["miou"])}
+               "miou": mious[name]}
         for threads in config.threads:
             row[f"ms_{threads}t"] = litert_latency(path.read_bytes(), num_threads=threads, runs=config.runs)["median_ms"]
         rows.append(row)
@@ -149,4 +154,4 @@ def _cell(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-__all__ = ["BenchmarkConfig", "format_table", "keras_latency", "run"]
+__all__ = ["BenchmarkConfig", "format_table", "keras_latency", "run", "score"]

@@ -34,6 +34,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
+from tfseg import distribute
 from tfseg.errors import ConfigError
 from tfseg.pipeline import calibrate, distill, export, prune, quantize, train
 from tfseg.runs import Run
@@ -157,7 +158,26 @@ def plan(document: dict) -> tuple[dict, list[Stage]]:
         stages.append(stage)
     if not stages:
         raise ConfigError("the chain has no stages: add [name] tables with stage = \"train\", ...")
+    _check_distribution(stages)
     return chain, stages
+
+
+def _check_distribution(stages):
+    """Every worker of a multi-worker chain runs all its stages: they must all be multi-worker ones."""
+    modes = {stage.name: getattr(stage.config, "distribute", None) for stage in stages}
+    others = [name for name, mode in modes.items() if mode != "multi_worker"]
+    if len(others) < len(modes) and others:
+        raise ConfigError(f"stage(s) {', '.join(others)} of a multi_worker chain are not distribute = \"multi_worker\": "
+                          "every worker runs every stage, so a multi-worker chain holds only train, distill and "
+                          "quantize stages with it (prune, calibrate and export them in a chain of their own)")
+
+
+def is_chief(stages) -> bool:
+    """Whether this process writes the chain's results: not on the non-chief workers of a
+    multi-worker chain (after ``run_stages``, which set the strategy up)."""
+    if any(getattr(stage.config, "distribute", None) == "multi_worker" for stage in stages):
+        return distribute.is_chief(distribute.strategy("multi_worker"))
+    return True
 
 
 def load(path, overrides=()) -> tuple[dict, list[Stage]]:
@@ -185,4 +205,4 @@ def run_stages(stages, verbose="auto", log=print) -> list:
     return results
 
 
-__all__ = ["STAGES", "Stage", "apply_overrides", "load", "plan", "run_stages"]
+__all__ = ["STAGES", "Stage", "apply_overrides", "is_chief", "load", "plan", "run_stages"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfseg import distribute
 from tfseg.distill.distiller import Distiller
 from tfseg.errors import ConfigError
 from tfseg.pipeline.train import TrainConfig, fit_and_score, start, total_steps
@@ -38,20 +39,23 @@ def run(config: DistillConfig, verbose="auto") -> Run:
     Raises:
       ConfigError: the teacher was trained on other classes, a bad loss specification.
     """
+    strategy = distribute.strategy(config.distribute)  # first: a multi-worker one must precede any TF op
     teacher_run = Run.open(config.teacher_run)
-    student_run, student = start(config, "distill")
-    if teacher_run.info.class_names != student_run.info.class_names:
-        raise ConfigError(
-            f"the teacher in {config.teacher_run} was trained on classes {teacher_run.info.class_names}, "
-            f"but {config.dataset!r} has {student_run.info.class_names}"
-        )
-    teacher = teacher_run.model(config.teacher_which, size=config.crop_size)
-    # The run's class weights, and the offset of a student started from a calibrated run.
-    losses = student_run.distillation_losses(config.losses)
-    distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule,
-                               total_steps=total_steps(student_run, config.epochs))
-    distiller.compile(optimizer, loss=student_run.loss(), metrics=segmentation_metrics(student_run.num_classes))
+    with strategy.scope():
+        student_run, student = start(config, "distill")
+        if teacher_run.info.class_names != student_run.info.class_names:
+            raise ConfigError(
+                f"the teacher in {config.teacher_run} was trained on classes {teacher_run.info.class_names}, "
+                f"but {config.dataset!r} has {student_run.info.class_names}"
+            )
+        teacher = teacher_run.model(config.teacher_which, size=config.crop_size)
+        distribute.synchronize_batch_norm(student, strategy)
+        # The run's class weights, and the offset of a student started from a calibrated run.
+        losses = student_run.distillation_losses(config.losses)
+        distiller = Distiller(teacher, student, losses, student_loss_weight=config.student_loss_weight)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.schedule,
+                                   total_steps=total_steps(student_run, config.epochs))
+        distiller.compile(optimizer, loss=student_run.loss(), metrics=segmentation_metrics(student_run.num_classes))
     student_run.record.update({
         "num_params": student.count_params(),
         "teacher": {"run": str(config.teacher_run), "which": config.teacher_which, "model": teacher.name,

@@ -16,8 +16,10 @@ from tfseg import export
 from tfseg.checkpoint import write_json
 from tfseg.errors import ConfigError
 from tfseg.options import EXPORT_FORMATS
+from tfseg.pipeline import diagnose
 from tfseg.quantize.ptq import representative_images
 from tfseg.runs import Run
+from tfseg.tflite import check_layer_names
 
 
 @dataclasses.dataclass
@@ -36,6 +38,9 @@ class ExportConfig:
       calibration_split, calibration_images, seed: where the int8 calibration images come from.
       verify_split, verify_images: check the export against Keras on (at most that many images of) this split.
       dataset, data_options: read the splits from another dataset than the run's (same classes).
+      float_fallback: post-training int8 only: Keras layers left in float (``tfseg diagnose`` names them).
+      float_fallback_worst: instead, the k worst layers of ``tfseg diagnose``'s ranking with its defaults
+        (measured on val images: ``tfseg.pipeline.diagnose.layer_diagnosis``).
     """
 
     run_dir: str
@@ -52,6 +57,29 @@ class ExportConfig:
     dataset: str | None = None
     data_options: dict | None = None
     seed: int = 0
+    float_fallback: tuple = ()
+    float_fallback_worst: int | None = None
+
+
+def _check_float_fallback(config: ExportConfig):
+    """Fails early (before loading or calibrating anything) on a fallback that cannot apply."""
+    if not config.float_fallback and config.float_fallback_worst is None:
+        return
+    if config.float_fallback and config.float_fallback_worst is not None:
+        raise ConfigError("give float_fallback (layer names) or float_fallback_worst (a count), not both")
+    if config.float_fallback_worst is not None and config.float_fallback_worst < 1:
+        raise ConfigError(f"float_fallback_worst must be at least 1, got {config.float_fallback_worst}")
+    if config.format != "tflite" or config.quantization != "int8":
+        raise ConfigError("float fallback applies to post-training int8 TFLite exports, not "
+                          f"{config.format if config.format != 'tflite' else config.quantization + ' TFLite'}")
+    diagnose.float_run(config.run_dir)  # a quantization-aware run: the same one-line error as tfseg diagnose
+
+
+def _worst_layers(config: ExportConfig, source: Run, model, size, representative) -> list:
+    """The k worst layers on val images, as ``tfseg diagnose`` ranks them with its defaults."""
+    split = source.split(source.record.get("val_split", "val"), config.dataset, config.data_options)
+    ranking = diagnose.layer_diagnosis(model, size, representative, split, seed=config.seed)
+    return ranking.worst_layers(config.float_fallback_worst)
 
 
 def run(config: ExportConfig) -> dict:
@@ -65,6 +93,7 @@ def run(config: ExportConfig) -> dict:
     """
     if config.format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {config.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    _check_float_fallback(config)
     source = Run.open(config.run_dir)
     size = tuple(config.image_size or source.eval_size)
     model = source.model(config.which, size=size)
@@ -74,12 +103,20 @@ def run(config: ExportConfig) -> dict:
     else:
         if source.is_quantization_aware and config.quantization != "int8":
             raise ConfigError(f"{config.run_dir} is quantization-aware: it exports as int8 only")
+        try:  # named layers are checked before calibrating: a typo should not cost a calibration
+            fallback = check_layer_names(model, config.float_fallback)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         representative = None
         if config.quantization == "int8" and not source.is_quantization_aware:
             representative = representative_images(source.split(config.calibration_split, config.dataset, config.data_options), size,
                                                    config.calibration_images, seed=config.seed)
+        if config.float_fallback_worst is not None:
+            fallback = _worst_layers(config, source, model, size, representative)
         result = export.to_tflite(model, config.out, config.quantization, io_dtype=config.io_dtype,
-                                  representative_data=representative, **common)
+                                  representative_data=representative, float_fallback=fallback, **common)
+        if fallback:
+            result["float_fallback"] = fallback
     report = {key: value for key, value in result.items() if key != "metadata"}
     report.update(run_dir=str(config.run_dir), format=config.format, quantization=config.quantization)
     if config.verify_split:

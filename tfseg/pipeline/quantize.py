@@ -11,7 +11,9 @@ resolution, and writes a run: ``run.json`` (the source's lineage plus a ``qat`` 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+from tfseg import distribute
 from tfseg._keras import keras
 from tfseg.distill.distiller import Distiller
 from tfseg.errors import ConfigError
@@ -46,6 +48,11 @@ class QATConfig:
       freeze_batch_norm: every BatchNormalization normalises with its trained statistics and
         keeps them (``freeze_batch_norm``); weights, gamma, beta and ranges adapt to int8.
       seed: data order and augmentation.
+      distribute: ``tfseg.distribute`` strategy (none, mirrored, multi_worker); ``batch_size`` is
+        the global batch. With more than one replica the weights and batch norm follow the global
+        batch, but TF-MOT moves each activation range towards the mean over replicas of each
+        replica's own batch min/max (tensorflow/model-optimization#1068): ranges come out a little
+        narrower than in one process, and the result depends on the number of replicas.
     """
 
     run_dir: str
@@ -62,6 +69,10 @@ class QATConfig:
     calibration_images: int = 32
     freeze_batch_norm: bool = False
     seed: int = 0
+    distribute: str = "none"
+
+    def __post_init__(self):
+        distribute.check_mode(self.distribute)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -77,6 +88,11 @@ def run(config: QATConfig, verbose="auto") -> Run:
       ConfigError: a layer that cannot be quantized, a teacher trained on other classes, a source
         that is quantization-aware already.
     """
+    strategy = distribute.strategy(config.distribute)  # first: a multi-worker one must precede any TF op
+    if strategy.num_replicas_in_sync > 1:
+        warnings.warn(f"quantization-aware training on {strategy.num_replicas_in_sync} replicas: activation ranges "
+                      "follow per-replica batches (tensorflow/model-optimization#1068), so the result depends on "
+                      "the number of replicas", stacklevel=2)
     source = Run.open(config.run_dir)
     keras.utils.set_random_seed(config.seed)
     if source.is_quantization_aware:
@@ -88,31 +104,33 @@ def run(config: QATConfig, verbose="auto") -> Run:
         augment=source.record.get("augment", {}) if config.augment else None,
         qat={**config.to_dict(), "source_model": source.model_name},
     ))
-    model = source.model(config.which, size=size)
-    calibration = None
-    if config.calibration_images:
-        calibration = representative_images(source.split(source.record.get("train_split", "train")), size,
-                                            config.calibration_images, seed=config.seed)
-    qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
-    if config.freeze_batch_norm:
-        freeze_batch_norm(qat)
-    optimizer = make_optimizer(source.record.get("optimizer", "adam"), config.learning_rate, "cosine",
-                               total_steps=total_steps(qat_run, config.epochs))
-    trained = qat
-    if config.teacher_run:
-        teacher_run = Run.open(config.teacher_run)
-        if teacher_run.info.class_names != source.info.class_names:
-            raise ConfigError(f"the teacher {config.teacher_run} was trained on other classes: "
-                              f"{teacher_run.info.class_names}")
-        teacher = teacher_run.model(size=size)
-        losses = source.distillation_losses(config.losses)
-        # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
-        trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
-        trained.compile(optimizer, loss=source.loss(), metrics=segmentation_metrics(source.num_classes))
-        qat_run.record["qat"]["distillation_losses"] = [kd.get_config() | {"class": type(kd).__name__}
-                                                        for kd in losses]
-    else:
-        compile_for_segmentation(qat, source.num_classes, loss=source.loss(), optimizer=optimizer)
+    with strategy.scope():
+        model = source.model(config.which, size=size)
+        calibration = None
+        if config.calibration_images:
+            calibration = representative_images(source.split(source.record.get("train_split", "train")), size,
+                                                config.calibration_images, seed=config.seed)
+        qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
+        distribute.synchronize_batch_norm(qat, strategy)
+        if config.freeze_batch_norm:
+            freeze_batch_norm(qat)
+        optimizer = make_optimizer(source.record.get("optimizer", "adam"), config.learning_rate, "cosine",
+                                   total_steps=total_steps(qat_run, config.epochs))
+        trained = qat
+        if config.teacher_run:
+            teacher_run = Run.open(config.teacher_run)
+            if teacher_run.info.class_names != source.info.class_names:
+                raise ConfigError(f"the teacher {config.teacher_run} was trained on other classes: "
+                                  f"{teacher_run.info.class_names}")
+            teacher = teacher_run.model(size=size)
+            losses = source.distillation_losses(config.losses)
+            # Fake-quant ranges add a few non-trainable weights: compare sizes on the float student.
+            trained = Distiller(teacher, qat, losses, allow_larger_student=model.count_params() <= teacher.count_params())
+            trained.compile(optimizer, loss=source.loss(), metrics=segmentation_metrics(source.num_classes))
+            qat_run.record["qat"]["distillation_losses"] = [kd.get_config() | {"class": type(kd).__name__}
+                                                            for kd in losses]
+        else:
+            compile_for_segmentation(qat, source.num_classes, loss=source.loss(), optimizer=optimizer)
     qat_run.record["num_params"] = qat.count_params()
     return fit_and_score(qat_run, trained, config.epochs, verbose=verbose, model_suffix=".h5", save_last=save_qat)
 

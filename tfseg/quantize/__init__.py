@@ -9,6 +9,8 @@ quantization (full-integer int8, float16, dynamic range).
 
 ``tfseg.pipeline.quantize`` and ``tfseg quantize`` fine-tune a run directory (optionally with a
 teacher: quantization-aware distillation); ``tfseg.export`` writes and checks the files.
+``tfseg.quantize.diagnose`` ranks the layers post-training int8 hurts, for float fallback
+(``tfseg diagnose``).
 TF-MOT is imported only when a model is made quantization-aware or loaded.
 """
 

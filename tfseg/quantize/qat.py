@@ -214,6 +214,7 @@ def quantize_aware(model, preserve_sparsity: bool = False, input_range=(0.0, 255
     annotated = keras.models.clone_model(model, clone_function=annotate)
     with qk.quantize_scope(configs.custom_objects()), _tfmot.inputs_kept_in_order():
         qat = qk.quantize_apply(annotated, _scheme(preserve_sparsity))
+    _weights_follow_trainable(qat)
     _check_input_order(model, qat)
     _init_weight_ranges(qat)
     if calibration_data is not None:
@@ -240,6 +241,27 @@ def _check_input_order(model, qat):
                 f"quantize_apply rewired the inputs of {layer.name!r} as {got} instead of {want} "
                 "(tensorflow/model-optimization#1179); the QAT model would compute something else"
             )
+
+
+def _weights_follow_trainable(qat):
+    """Makes the weights of each QuantizeWrapper trainable exactly when its wrapped layer is.
+
+    TF-MOT's ``QuantizeWrapper.build`` appends every weight it quantizes (the kernels) to the
+    wrapper's own trainable list whatever the layer's ``trainable`` (Keras then drops the variable
+    from the layer's lists, when the wrapper puts the fake-quant tensor in its attribute), and
+    ``QuantizeWrapperV2.trainable_weights`` returns that list without checking ``trainable``: the
+    kernel of a frozen layer, such as the normalisation (``configs.as_depthwise``), trains. Handed
+    back to the wrapped layer's own trainable list, Keras applies the layer's ``trainable`` to them,
+    also when it is changed later. ``weights`` keeps TF-MOT's order, which HDF5 files rely on.
+    Needed after every construction of the wrappers (``quantize_apply``, loading).
+    """
+    for layer in qat.layers:
+        if type(layer).__name__ not in _tfmot.QUANTIZE_WRAPPERS or not layer._trainable_weights:
+            continue
+        inner = layer.layer
+        # In place: the lists are Keras's own (the wrapper's quantizers hold none of these).
+        inner._trainable_weights[:] = inner._dedup_weights(layer._trainable_weights + inner._trainable_weights)
+        del layer._trainable_weights[:]
 
 
 def _init_weight_ranges(qat):
@@ -437,7 +459,9 @@ def load_qat(path: str | os.PathLike):
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: no quantization-aware model there")
     with tfmot.quantization.keras.quantize_scope(custom_objects()):
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
+    _weights_follow_trainable(model)  # loading builds TF-MOT's wrappers anew
+    return model
 
 
 def _check_suffix(path: Path):
