@@ -85,6 +85,19 @@ def train_tiny_run(run_dir: Path, num_images: int) -> Path:
     return run_dir
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on loopback right now (for local multi-worker TF_CONFIGs)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def load_recipe(name: str):
     """A script of recipes/ imported as a module (recipes are not a package)."""
     path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"

@@ -4,12 +4,12 @@ if the losses are averaged per replica instead of over the global batch."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import free_ports
 
 WORKER = Path(__file__).with_name("distill_worker.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -38,23 +38,13 @@ def _weights(path):
     return arrays, float(data["total_loss"]), int(data["replicas"])
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_mirrored_and_multi_worker_steps_equal_the_single_device_step(tmp_path):
     single = _run("single", tmp_path / "single.npz")
     mirrored = _run("mirrored", tmp_path / "mirrored.npz")
     _finish(single)
     _finish(mirrored)
 
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = [
         _run("worker", tmp_path / f"worker{i}.npz", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))

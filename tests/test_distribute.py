@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_ports
 from test_cli_errors import error_line
 
 from tfseg._keras import keras
@@ -57,18 +57,8 @@ def _finish(process, timeout=300) -> str:
     return output
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _tf_configs(workers: int = 2) -> list[str]:
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(workers)]}
     return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 

@@ -20,6 +20,9 @@ Known defects of TF-MOT 0.8.1 and where tfseg meets them:
   QuantizeConfigs and registries (``tfseg.quantize.configs``) extend TF-MOT's.
 - ``ModelTransformer._get_layers`` can rewire a layer's inputs in another order
   (tensorflow/model-optimization#1179): patched by ``inputs_kept_in_order``.
+- ``QuantizeWrapperV2`` lists the quantized kernels of frozen layers (``trainable=False``, such as
+  the rewritten input normalisation) as trainable, so QAT trained them. Handled after
+  ``quantize_apply`` and after loading by ``tfseg.quantize.qat._weights_follow_trainable``.
 """
 
 from __future__ import annotations

@@ -60,6 +60,15 @@ def _pyplot():
     return plt
 
 
+def _save_figure(plt, fig, path, dpi: int) -> Path:
+    """Lays ``fig`` out, writes it to ``path`` atomically as PNG and closes it (also on failure)."""
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_curves(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | None:
     """Plots every logged quantity against the epoch from a Keras CSVLogger file (train vs. val)."""
     with open(log_csv, newline="") as f:
@@ -78,11 +87,7 @@ def plot_curves(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | N
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_figure(plt, fig, path, dpi=90)
 
 
 def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
@@ -97,11 +102,7 @@ def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | o
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_figure(plt, fig, path, dpi=90)
 
 
 AXIS_LABELS = {"latency_ms": "LiteRT latency (ms)", "miou_litert": "mIoU in LiteRT (%)", "miou_keras": "mIoU in Keras (%)"}
@@ -122,11 +123,7 @@ def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str 
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_figure(plt, fig, path, dpi=100)
 
 
 def plot_ranking(labels: Sequence[str], values: Sequence[float], path: str | os.PathLike, xlabel: str = "",
@@ -146,11 +143,7 @@ def plot_ranking(labels: Sequence[str], values: Sequence[float], path: str | os.
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_figure(plt, fig, path, dpi=100)
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
@@ -170,8 +163,4 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.Pa
             if norm[i, j] >= 0.01:
                 ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_figure(plt, fig, path, dpi=90)
