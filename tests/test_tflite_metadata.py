@@ -150,8 +150,14 @@ def test_damaged_metadata_is_reported_with_the_models_name(exports):
 def test_uint8_input_that_is_not_raw_pixels_is_flagged(tmp_path):
     """MediaPipe feeds uint8 inputs the image bytes; calibration that misses 0..255 makes the input expect others."""
     narrow = np.random.default_rng(0).uniform(20, 200, (4, *SIZE, 3)).astype(np.float32)
-    with pytest.warns(UserWarning, match="scale .* not 1 and 0 .*MediaPipe feeds raw pixels"):
-        export.to_tflite(small_net(), tmp_path / "narrow.tflite", "int8", info=INFO, representative_data=narrow)
+    path = tmp_path / "narrow.tflite"
+    with pytest.warns(UserWarning, match="scale .* not 1 and 0 .*MediaPipe feeds raw pixels") as caught:
+        export.to_tflite(small_net(), path, "int8", info=INFO, representative_data=narrow)
+    assert any(str(path) in str(w.message) for w in caught)  # the warning names the file
+    from ai_edge_litert.interpreter import Interpreter
+
+    scale, _ = Interpreter(model_path=str(path)).get_input_details()[0]["quantization"]
+    assert path.is_file() and scale != 1.0  # still written, and its input really expects other values
 
 
 def test_to_tflite_reports_unwritable_labels_as_config_errors(tmp_path):
