@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -106,8 +105,9 @@ def _mean_std(values) -> str:
     if not values:
         return ""
     values = [100 * v for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else math.nan
-    return f"{statistics.mean(values):.2f} ± {std:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"  # sample std over the seeds
 
 
 def print_table(teacher_miou: float, macs: dict) -> None:
