@@ -55,13 +55,20 @@ AUGMENT = {"scale": (0.75, 1.5), "rotate_degrees": 5.0, "colour_jitter": 0.1}
 
 def train_row(row: str, seed: int, args) -> Path:
     """Trains one row for one seed (unless finished); returns its run directory."""
+    _, model, options, pretrained, variant = ROWS[row]
+    out = Path(args.out) / row / f"seed{seed}"
+    train_student(out, model, options, pretrained, variant, seed, args)
+    return out
+
+
+def train_student(out: Path, model: str, options: dict, pretrained: bool, variant: str, seed: int, args) -> None:
+    """Trains one student with the table's schedule into ``out`` unless it is finished there
+    (a killed run resumes). ``args`` gives weights, teacher, camvid, epochs and precise_bn."""
     from tfseg.pipeline import distill
     from tfseg.runs import Run
 
-    _, model, options, pretrained, variant = ROWS[row]
-    out = Path(args.out) / row / f"seed{seed}"
     if (out / "run.json").exists() and Run.open(out).finished:
-        return out
+        return
     options = {**options, **({"weights": args.weights} if pretrained else {})}
     config = distill.DistillConfig(
         out_dir=str(out), model=model, model_options=options, dataset="camvid",
@@ -73,8 +80,14 @@ def train_row(row: str, seed: int, args) -> Path:
     )
     start = time.time()
     distill.run(config, verbose=2)
-    print(f"{row} seed {seed}: {time.time() - start:.0f} s", flush=True)
-    return out
+    print(f"{out}: {time.time() - start:.0f} s", flush=True)
+
+
+def val_curve(run_dir: Path) -> list[float]:
+    """Val mIoU after each epoch, from the run's log."""
+    lines = (run_dir / "log.csv").read_text().splitlines()
+    column = lines[0].split(",").index("val_miou")
+    return [round(float(line.split(",")[column]), 4) for line in lines[1:]]
 
 
 def figures(run_dir: Path, camvid) -> dict:
@@ -82,9 +95,7 @@ def figures(run_dir: Path, camvid) -> dict:
     from tfseg.runs import Run
 
     run = Run.open(run_dir)
-    lines = (run_dir / "log.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    curve = [round(float(line.split(",")[header.index("val_miou")]), 4) for line in lines[1:]]
+    curve = val_curve(run_dir)
     test = test_miou(run_dir, camvid)
     return {"val_curve": curve, "val_miou": max(curve), "best_epoch": curve.index(max(curve)) + 1,
             "test_miou": test, "test_per_class_iou": run.scores("test")["per_class_iou"],
@@ -92,13 +103,14 @@ def figures(run_dir: Path, camvid) -> dict:
             "losses": run.record.get("distillation_losses")}
 
 
-def merge_result(row: str, seed: int, result: dict) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def merge_result(row: str, seed: int, result: dict, path: Path = RESULTS) -> None:
+    """Adds one run's figures to the committed results file (written whole, then renamed)."""
+    results = json.loads(path.read_text()) if path.exists() else {}
     results.setdefault(row, {})[str(seed)] = result
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
 
 
 def _mean_std(values) -> str:

@@ -199,6 +199,16 @@ def test_distill_from_a_teacher_of_other_classes(tmp_path, teacher_run):
     assert str(teacher_run) in line and "classes" in line
 
 
+def test_low_res_export_of_a_model_without_an_upsampling_tail(tmp_path, teacher_run):
+    # A U-Net's classifier works at full resolution: there is no final upsampling to end before.
+    proc = tfseg("export", teacher_run, "--out", tmp_path / "unet.tflite", "--quantization", "none",
+                 "--output", "class_map", cwd=tmp_path)
+    line = error_line(proc, "export")
+    for words in ("model 'unet_d2_w8'", "layer 'classifier' (Conv2D)", "output 'logits'"):
+        assert words in line
+    assert not (tmp_path / "unet.tflite").exists()
+
+
 # --- chains: a chain file's mistakes are named before any stage runs -------------------------
 
 

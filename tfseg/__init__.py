@@ -26,6 +26,9 @@ _SUBMODULES = (
     "errors",
     "evaluate",
     "export",
+    "latency_profile",
+    "litert_peak",
+    "litert_profiler",
     "losses",
     "metrics",
     "models",
@@ -34,6 +37,7 @@ _SUBMODULES = (
     "quantize",
     "runs",
     "tflite",
+    "xnnpack",
 )
 
 # name -> module it comes from. No name here may equal a submodule's name: importing the submodule

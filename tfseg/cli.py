@@ -8,7 +8,7 @@
     tfseg prune RUN_DIR --out DIR          iterative L1 filter pruning with fine-tuning, per-round figures
     tfseg quantize RUN_DIR --out DIR       quantization-aware fine-tuning (QAT; with --teacher: QAT + distillation)
     tfseg export RUN_DIR --out FILE        int8 / float16 / dynamic / float TFLite or SavedModel, checked against Keras
-    tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays
+    tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays (also of an exported FILE)
     tfseg benchmark RUN_DIR                every TFLite format of a run's model: size, mIoU, latency at 1 and 2 threads
     tfseg diagnose RUN_DIR                 per-layer int8 error, worst first; what leaving the worst in float buys and costs
     tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
@@ -169,9 +169,12 @@ def _cmd_export(args) -> int:
         calibration_split=args.calibration_split, calibration_images=args.calibration_images,
         verify_split=args.verify_split, verify_images=args.verify_images, dataset=args.dataset,
         data_options=options, seed=args.seed, float_fallback=tuple(args.float_fallback or ()),
-        float_fallback_worst=args.float_fallback_worst))
+        float_fallback_worst=args.float_fallback_worst, output=args.output))
     size_text = f" ({report['bytes'] / 1024:.0f} KiB)" if "bytes" in report else ""
     print(f"wrote {report['path']}{size_text} and {report['sidecar']}")
+    if report["output"] != "logits":
+        print(f"output: {report['output']} at the model's stride; its output.upsampling says how runners map it "
+              "onto the input")
     if report.get("float_fallback"):
         print(f"left in float: {', '.join(report['float_fallback'])}")
     if "verify" in report:
@@ -182,10 +185,36 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _evaluate_export(args, path: Path) -> int:
+    """``tfseg evaluate`` of an exported file (TFLite) or SavedModel directory, on its metadata's dataset."""
+    from tfseg import data as seg_data
+    from tfseg.evaluate import evaluate
+    from tfseg.predictors import load_predictor
+
+    predictor = load_predictor(path)
+    dataset = args.dataset or (predictor.metadata or {}).get("dataset")
+    if not dataset:
+        raise ConfigError(f"{path} has no metadata naming its dataset: give --dataset")
+    try:
+        predictor.check_size(args.image_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    split = seg_data.load(dataset, args.split, **_data_options(args))
+    out = Path(args.out) if args.out else Path(f"{path}.eval") / args.split
+    scores = evaluate(predictor, split, batch_size=args.batch_size, out_dir=out, num_overlays=args.overlays)
+    output = (predictor.metadata or {}).get("output", {}).get("kind", "logits")
+    print(f"\n{split.name}: mIoU {100 * scores['miou']:.2f}, pixel accuracy {100 * scores['pixel_accuracy']:.2f} "
+          f"({predictor.kind}, {predictor.quantization}, output {output}); report in {out}")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from tfseg.evaluate import evaluate
     from tfseg.runs import Run
 
+    target = Path(args.run_dir)
+    if target.is_file() or (target / "saved_model.pb").is_file():
+        return _evaluate_export(args, target)
     run = Run.open(args.run_dir)
     size = args.image_size or run.eval_size
     model = run.model(args.which, size=size)
@@ -411,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quantization", default="int8", choices=names.QUANTIZATIONS)
     x.add_argument("--io-dtype", choices=names.IO_DTYPES,
                    help="int8 model input/output type (default uint8)")
+    x.add_argument("--output", default="logits", choices=names.EXPORT_OUTPUTS,
+                   help="TFLite output: logits at the input size (default); low_res_logits or class_map (argmax in "
+                        "the graph) at the model's own stride, ending before its final upsampling (the runner "
+                        "upsamples; the metadata says how)")
     x.add_argument("--image-size", type=parse_size, help="input size (default: the run's eval size)")
     x.add_argument("--calibration-split", default="train", help="split the int8 calibration images come from")
     x.add_argument("--calibration-images", type=int, default=100)
@@ -460,17 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="which calibration and diagnosis images")
     g.set_defaults(func=_cmd_diagnose)
 
-    e = sub.add_parser("evaluate", help="score a trained run at full label resolution")
-    e.add_argument("run_dir")
-    e.add_argument("--which", default="best", choices=("best", "last"))
+    e = sub.add_parser("evaluate", help="score a trained run or an exported model at full label resolution")
+    e.add_argument("run_dir", metavar="RUN_DIR_OR_EXPORT",
+                   help="a run directory, or an exported .tflite file or SavedModel directory (scored as a device "
+                        "would run it, on its metadata's dataset)")
+    e.add_argument("--which", default="best", choices=("best", "last"), help="a run's best or last model")
     e.add_argument("--split", default="test")
-    e.add_argument("--dataset", help="default: the run's dataset")
+    e.add_argument("--dataset", help="default: the run's (the export's) dataset")
     e.add_argument("--data-dir")
     e.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     e.add_argument("--image-size", type=parse_size, help="model input size (default: the run's)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--overlays", type=int, default=6)
-    e.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
+    e.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT, or EXPORT.eval/SPLIT)")
     e.set_defaults(func=_cmd_evaluate)
 
     cb = sub.add_parser("calibrate", help="undo the rare-class bias of a class-weighted run (logit adjustment on val)")

@@ -8,6 +8,15 @@ with their description embedded, files written atomically, and parity checks aga
   and run once before it replaces ``path``. A quantization-aware model
   (``tfseg.quantize.quantize_aware``) converts to int8 from
   its own ranges; a float model needs ``representative_data`` (``tfseg.quantize.ptq``).
+  ``output="low_res_logits"`` or ``"class_map"`` ends the graph before the model's final bilinear
+  upsampling (``tfseg.output_tail``): logits, or their ARG_MAX as uint8 class ids, at the model's
+  own stride; the metadata's ``output.upsampling`` says how a runner maps them onto the input
+  pixels. On CamVid test, runners that upsample the low-resolution logits bilinearly as the model
+  did score the full export's mIoU (float32: the same class maps); nearest on class ids (the
+  ``class_map`` output) cost 1.6 mIoU for the stride-8 LR-ASPP student, 0.2 for the stride-4
+  DeepLabV3+. MediaPipe's ImageSegmenter loads ``low_res_logits`` files but stretches the scores
+  over the image with align-corners bilinear, ignoring the crop of the padding (about 2 mIoU lower);
+  ``class_map`` files carry no MediaPipe metadata (``tfseg.tflite_metadata``).
 - ``to_saved_model(model, path)``: a ``serving_default`` signature taking uint8 images of any
   size (normalisation and resizing inside the graph) and returning ``class_map`` and
   ``probabilities`` at the image's size; a ``metadata`` signature returns the JSON.
@@ -43,7 +52,8 @@ from tfseg.data.info import IGNORE_LABEL, DatasetInfo
 from tfseg.errors import ConfigError
 from tfseg.evaluate import Agreement, ConfusionMatrix, stream
 from tfseg.models.common import unwrapped_name
-from tfseg.options import FLOAT_QUANTIZATION_ALIASES, IO_DTYPES, PTQ_MODES, QUANTIZATIONS
+from tfseg.options import EXPORT_OUTPUTS, FLOAT_QUANTIZATION_ALIASES, IO_DTYPES, PTQ_MODES, QUANTIZATIONS
+from tfseg.output_tail import Tail, find_tail, output_model
 from tfseg.predictors import KerasPredictor, load_predictor, model_input_size
 from tfseg.quantize.ptq import DEFAULT_CALIBRATION_IMAGES, representative_images
 from tfseg.quantize.qat import is_quantization_aware
@@ -143,6 +153,7 @@ def model_metadata(
     input_size=None,
     model_name: str | None = None,
     output_kind: str = "logits",
+    tail: Tail | None = None,
 ) -> dict:
     """The ``tfseg/1`` description of an exported model (docs/export_format.md), every field filled.
 
@@ -153,7 +164,10 @@ def model_metadata(
       input_dtype, output_dtype: the exported model's tensor types.
       input_size: (height, width) of the exported input (default: the model's).
       model_name: the zoo name (``run.json``'s ``model``); default the Keras model's name.
-      output_kind: ``logits`` or ``probabilities``.
+      output_kind: ``logits``, ``probabilities``, or for an export cut before the model's final
+        upsampling (``tfseg.output_tail``) ``low_res_logits`` or ``class_map``.
+      tail: for those two, ``tfseg.output_tail.find_tail(model)``: the output's size, ``stride``,
+        ``upsampling`` (how the runner maps it onto the input pixels) and ``source_layer``.
 
     Returns:
       The JSON-ready dict.
@@ -174,6 +188,11 @@ def model_metadata(
             f"{info.num_classes}: export with the info of the data it was trained on"
         )
     height, width = input_size_of(model, input_size)
+    output = {"kind": output_kind, "height": height, "width": width, "classes": classes, "dtype": output_dtype}
+    if (tail is None) != (output_kind in ("logits", "probabilities")):
+        raise ConfigError(f"output kind {output_kind!r} {'needs' if tail is None else 'takes no'} the model's upsampling tail")
+    if tail is not None:
+        output.update(tail.output_fields(output_kind))
     return {
         "format": FORMAT,
         "tfseg_version": __version__,
@@ -189,7 +208,7 @@ def model_metadata(
             "pixel_range": [0, 255],
             "normalization": normalization_text(*normalization_of(model)),
         },
-        "output": {"kind": output_kind, "height": height, "width": width, "classes": classes, "dtype": output_dtype},
+        "output": output,
         "quantization": quantization,
     }
 
@@ -296,7 +315,10 @@ def _check_tflite_file(path, metadata) -> dict:
         raise RuntimeError(f"{path}: the embedded tfseg metadata did not read back as written")
     standard = tflite_metadata.read(data, str(path))
     mean, std = tflite_metadata.normalization_options(metadata["input"]["pixel_range"])
-    if (standard is None or standard["labels"] != metadata["classes"] or standard["input"]["mean"] != [mean]
+    if metadata["output"]["kind"] in tflite_metadata.CLASS_MAP_KINDS:
+        if standard is not None:
+            raise RuntimeError(f"{path}: a class-map export has TFLite Model Metadata (TFLITE_METADATA)")
+    elif (standard is None or standard["labels"] != metadata["classes"] or standard["input"]["mean"] != [mean]
             or standard["input"]["std"] != [std]
             or standard["activation"] != tflite_metadata.ACTIVATION_OF_OUTPUT[metadata["output"]["kind"]]):
         raise RuntimeError(f"{path}: the TFLite Model Metadata (TFLITE_METADATA) did not read back as written")
@@ -317,6 +339,7 @@ def to_tflite(
     model_name: str | None = None,
     verify_data=None,
     float_fallback=(),
+    output: str = "logits",
 ) -> dict:
     """Converts a model to a TFLite file with batch 1, its description embedded and beside it.
 
@@ -340,12 +363,21 @@ def to_tflite(
         (argmax agreement under ``"calibration_agreement"``, with the same warning).
       float_fallback: for post-training int8: Keras layer names whose operators stay in float
         (the worst layers of ``tfseg.quantize.diagnose``); input and output keep ``io_dtype``.
+      output: what the file outputs (``tfseg.output_tail``): ``"logits"`` at the input size (the
+        model as it is), ``"low_res_logits"`` (the graph ends before the model's final bilinear
+        upsampling: logits at its own stride, ``io_dtype``) or ``"class_map"`` (then an ARG_MAX:
+        uint8 class ids (1, h, w) at that stride, int32 beyond 256 classes). The metadata's
+        ``output.upsampling`` says how a runner maps the low-resolution output onto the input
+        pixels; tfseg-lite and ``tfseg.predictors.TFLitePredictor`` follow it. MediaPipe's
+        ImageSegmenter: see docs/export_format.md.
 
     Returns:
       ``{"path", "sidecar", "bytes", "metadata"}`` (+ ``"verify"`` or ``"calibration_agreement"``).
 
     Raises:
-      ConfigError: bad arguments, or a layer that cannot be converted (naming the layer).
+      ConfigError: bad arguments, or a layer that cannot be converted (naming the layer), or a
+        low-resolution ``output`` of a model without a final bilinear upsampling (naming the
+        model and the layer where its tail ends).
       ImportError: ai-edge-litert is missing (needed to check the file loads).
 
     Example:
@@ -363,20 +395,25 @@ def to_tflite(
         raise ConfigError(f"io_dtype {io_dtype!r} needs quantization='int8'; {quantization} models take float32")
     if is_quantization_aware(model) and quantization != "int8":
         raise ConfigError(f"{model.name!r} is quantization-aware: export it with quantization='int8'")
+    if output not in EXPORT_OUTPUTS:
+        raise ConfigError(f"output must be one of {EXPORT_OUTPUTS}, got {output!r}")
     info = _info_or_generic(model, info)
     path = Path(path)
+    tail = None if output == "logits" else find_tail(model, input_size)
+    exported = output_model(model, output, tail)
 
-    flatbuffer = _convert(model, quantization, representative_data, io_dtype, input_size, float_fallback)
+    flatbuffer = _convert(exported, quantization, representative_data, io_dtype, input_size, float_fallback)
     probe = interpreter(flatbuffer)
     metadata = model_metadata(
         model, info, quantization=quantization, input_size=input_size, model_name=model_name,
         input_dtype=_tensor_dtype(probe.get_input_details()[0]),
-        output_dtype=_tensor_dtype(probe.get_output_details()[0]),
+        output_dtype=_tensor_dtype(probe.get_output_details()[0]), output_kind=output, tail=tail,
     )
     _warn_if_uint8_input_is_not_raw(probe.get_input_details()[0], path)
     flatbuffer = embed_metadata(flatbuffer, metadata)
     try:  # last: TFLite Model Metadata for MediaPipe, its label file zipped onto the end
-        flatbuffer = tflite_metadata.populate(flatbuffer, metadata)
+        if output not in tflite_metadata.CLASS_MAP_KINDS:  # class ids are no segmenter scores (see there)
+            flatbuffer = tflite_metadata.populate(flatbuffer, metadata)
     except tflite_metadata.MetadataFormatError as error:
         raise ConfigError(f"{path}: {error}") from error
 
@@ -390,7 +427,7 @@ def to_tflite(
     if verify_data is not None:
         result["verify"] = verify(model, path, verify_data, info=info, image_size=input_size)
     elif quantization == "int8" and representative_data is not None:
-        result["calibration_agreement"] = _calibration_agreement(model, flatbuffer, representative_data, path)
+        result["calibration_agreement"] = _calibration_agreement(exported, flatbuffer, representative_data, path)
     return result
 
 
@@ -417,7 +454,7 @@ def post_training_quantize(
       seed: which ones (see ``representative_images``).
       input_size: (height, width), for models of unknown input size.
       **export_options: passed to ``to_tflite`` (``info``, ``io_dtype``, ``model_name``,
-        ``verify_data``).
+        ``verify_data``, ``output``).
 
     Returns:
       ``to_tflite``'s result dict.
@@ -441,17 +478,24 @@ def post_training_quantize(
     return to_tflite(model, path, mode, representative_data=representative, input_size=input_size, **export_options)
 
 
+def _class_ids(output) -> np.ndarray:
+    """Class ids of a batch of exported outputs: logits (N, h, w, C) or class maps (N, h, w)."""
+    output = np.asarray(output)
+    return output if output.ndim == 3 else np.argmax(output, axis=-1)
+
+
 def _calibration_agreement(model, flatbuffer, representative_data, path, count: int = 8) -> float:
     """Argmax agreement of the int8 model with Keras on a few calibration images (no labels
-    needed), so that a collapse is reported even when no ``verify_data`` was given."""
+    needed), so that a collapse is reported even when no ``verify_data`` was given. ``model`` is
+    the converted Keras model (``tfseg.output_tail.output_model``): both sides at its output size."""
     runner = interpreter(flatbuffer)
     shape = [tuple(runner.get_input_details()[0]["shape"])]
     same = total = 0
     for step, (batch,) in enumerate(calibration_batches(representative_data, shape)):
         if step >= count:
             break
-        expected = np.argmax(model(batch, training=False).numpy(), axis=-1)
-        got = np.argmax(run_tflite(runner, batch), axis=-1)
+        expected = _class_ids(model(batch, training=False))
+        got = _class_ids(run_tflite(runner, batch))
         same, total = same + int((expected == got).sum()), total + expected.size
     agreement = same / max(total, 1)
     if agreement < MIN_AGREEMENT:

@@ -33,6 +33,9 @@ PTQ_MODES = tuple(name for name in QUANTIZATIONS if name != "none")
 # Input/output tensor types of an int8 TFLite model (to_tflite's io_dtype; float models take float32).
 IO_DTYPES = ("uint8", "int8", "float32")
 EXPORT_FORMATS = ("tflite", "saved_model")
+# What a TFLite export outputs (tfseg.output_tail): logits at the input size, logits at the model's
+# own stride (before its final upsampling), or class ids at that stride (argmax in the graph).
+EXPORT_OUTPUTS = ("logits", "low_res_logits", "class_map")
 # `tfseg benchmark`: a TFLite file per format (float32 is the quantization "none").
 BENCHMARK_FORMATS = ("float32", "float16", "dynamic", "int8")
 # int8 diagnosis (tfseg.quantize.diagnose): how operators are ranked; the first is the default.

@@ -8,7 +8,10 @@ logits, not labels, are resized bilinearly to the label size, then the argmax is
 
 - ``KerasPredictor(model, image_size=None)``: the model's logits (a ``Distiller`` runs its student).
 - ``TFLitePredictor(path_or_bytes, num_threads=1)``: LiteRT, batch 1, so it runs a batch image by
-  image; integer inputs and outputs are (de)quantized by ``tfseg.tflite.run_tflite``.
+  image; integer inputs and outputs are (de)quantized by ``tfseg.tflite.run_tflite``. Exports
+  that end before the model's final upsampling (``tfseg.output_tail``) are mapped onto the input
+  pixels as their metadata's ``output.upsampling`` says: low-resolution logits bilinearly (what
+  the cut layer computed), class maps with nearest; then to the label size as above.
 - ``SavedModelPredictor(path)``: the ``serving_default`` signature of
   ``tfseg.export.to_saved_model`` (uint8 images of any size, resized inside the graph).
 
@@ -165,12 +168,39 @@ class TFLitePredictor(Predictor):
         self._runner = interpreter(flatbuffer, num_threads)
         self.metadata = read_metadata(flatbuffer)
         (inp,), (out,) = self._runner.get_input_details(), self._runner.get_output_details()
-        super().__init__(str(self.path) if self.path else "TFLite model", inp["shape"][1:3], out["shape"][-1])
+        name = str(self.path) if self.path else "TFLite model"
+        output = (self.metadata or {}).get("output", {})
+        self.output_kind = output.get("kind", "logits")
+        self._upsampling = output.get("upsampling")
+        if self.output_kind in ("low_res_logits", "class_map") and not self._upsampling:
+            raise ConfigError(f"{name}: its {self.output_kind} output has no output.upsampling in its metadata")
+        classes = len(self.metadata["classes"]) if self.output_kind == "class_map" else out["shape"][-1]
+        super().__init__(name, inp["shape"][1:3], classes)
+
+    def _outputs(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        return np.concatenate([run_tflite(self._runner, images[i : i + 1]) for i in range(len(images))])
+
+    def _on_input_grid(self, outputs, method: str):
+        """Low-resolution outputs (N, h, w, K) resized and cropped onto the input pixels, as
+        ``output.upsampling`` says (half-pixel centres, like the model's own upsampling layer)."""
+        if self._upsampling is None:
+            return outputs
+        (top, left), (height, width) = self._upsampling["offset"], self.input_size
+        resized = tf.image.resize(outputs, self._upsampling["size"], method=method)
+        return resized[:, top : top + height, left : left + width]
 
     def logits(self, images, label_size) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        logits = np.concatenate([run_tflite(self._runner, images[i : i + 1]) for i in range(len(images))])
+        if self.output_kind == "class_map":  # one-hot scores: the same argmax
+            return np.eye(self.num_classes, dtype=np.float32)[self.class_map(images, label_size)]
+        logits = self._on_input_grid(self._outputs(images), "bilinear")
         return resize_to_labels(logits, label_size).numpy()
+
+    def class_map(self, images, label_size) -> np.ndarray:
+        if self.output_kind != "class_map":
+            return super().class_map(images, label_size)
+        ids = self._on_input_grid(self._outputs(images).astype(np.int32)[..., None], "nearest")
+        return tf.image.resize(ids, label_size, method="nearest").numpy()[..., 0]
 
 
 class SavedModelPredictor(Predictor):

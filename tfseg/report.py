@@ -146,6 +146,26 @@ def plot_ranking(labels: Sequence[str], values: Sequence[float], path: str | os.
     return _save_figure(plt, fig, path, dpi=100)
 
 
+def plot_grouped_bars(labels: Sequence[str], series: dict, path: str | os.PathLike, xlabel: str = "",
+                      title: str = "") -> Path:
+    """Horizontal bars in groups, the first label at the top, one bar of each group per series
+    (e.g. ``{"float32": ms per segment, "int8": ...}``); a None value leaves its bar out."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.16 * max(len(series), 1) * max(len(labels), 1)))
+    positions = np.arange(len(labels))[::-1]
+    height = 0.8 / max(len(series), 1)
+    for k, (name, values) in enumerate(series.items()):
+        offset = (len(series) - 1 - 2 * k) * height / 2  # the first series on top within a group
+        ax.barh(positions + offset, [np.nan if v is None else v for v in values], height, label=name)
+    ax.set_yticks(positions, labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save_figure(plt, fig, path, dpi=100)
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (rows: ground truth) as a heat map."""
     cm = np.asarray(cm, dtype=np.float64)

@@ -305,7 +305,8 @@ def run_tflite(tflite_bytes: bytes, inputs, num_threads: int = 1) -> np.ndarray:
     """Runs a single-input, single-output TFLite model on float inputs; returns float outputs.
 
     Integer inputs and outputs are quantized and dequantized with the tensors' own scale and
-    zero point, so float32, float16 and int8 models can be compared on the same images.
+    zero point, so float32, float16 and int8 models can be compared on the same images; an
+    integer output without quantization (class ids) is returned as its values.
 
     Args:
       tflite_bytes: the model, or an interpreter from ``interpreter()`` to reuse across calls
@@ -323,8 +324,8 @@ def run_tflite(tflite_bytes: bytes, inputs, num_threads: int = 1) -> np.ndarray:
     runner.set_tensor(inp["index"], x.astype(inp["dtype"]))
     runner.invoke()
     y = runner.get_tensor(out["index"])
-    if np.issubdtype(out["dtype"], np.integer):
-        scale, zero = out["quantization"]
+    scale, zero = out["quantization"]
+    if np.issubdtype(out["dtype"], np.integer) and scale:  # scale 0: not quantized (class ids of an ARG_MAX)
         y = (y.astype(np.float32) - zero) * scale
     return y.astype(np.float32)
 

@@ -23,6 +23,16 @@ The values:
 - Activation: the exports output logits, so ``SOFTMAX``: MediaPipe's category mask is the
   argmax either way, and its confidence masks become probabilities (with ``NONE`` they would be
   raw logits). An output of probabilities gets ``NONE``.
+- Low-resolution outputs (``tfseg.output_tail``): ``low_res_logits`` get the same metadata
+  (``SOFTMAX``; the output tensor's description gives its stride). MediaPipe loads them and
+  resizes the scores to the image itself, but with align-corners bilinear over the whole output
+  (checked against MediaPipe 1.2.3: its category mask equals that exactly), not the model's
+  half-pixel upsampling and crop of the padding (``output.upsampling`` of the tfseg JSON), so its
+  masks are shifted (for the CamVid students at 360x480 by up to 5.5-6.5 pixels at the padded
+  bottom edge; about 2 mIoU lost); tfseg-lite maps them exactly. ``class_map``
+  exports get none (``CLASS_MAP_KINDS``): MediaPipe's segmenter wants per-class scores and, given
+  class ids of shape (1, h, w), returns an all-zero mask for uint8 inputs (and refuses float32
+  inputs without metadata).
 
 Why write the FlatBuffer here (with the ``flatbuffers`` package TensorFlow already depends on)
 rather than use an existing writer:
@@ -64,7 +74,9 @@ LABELS_FILE = "labels.txt"
 MIN_PARSER_VERSION = "1.5.0"
 SEGMENTER_MIN_PARSER_VERSION = "1.0.0"
 ACTIVATIONS = ("NONE", "SIGMOID", "SOFTMAX")  # ImageSegmenterOptions.activation, by value
-ACTIVATION_OF_OUTPUT = {"logits": "SOFTMAX", "probabilities": "NONE"}
+ACTIVATION_OF_OUTPUT = {"logits": "SOFTMAX", "probabilities": "NONE", "low_res_logits": "SOFTMAX"}
+# Output kinds of tfseg/1 that get no TFLite Model Metadata: not per-class scores (see above).
+CLASS_MAP_KINDS = ("class_map",)
 COLOR_SPACES = ("UNKNOWN", "RGB", "GRAYSCALE")  # ColorSpaceType, by value
 TENSOR_AXIS_LABELS = 2  # AssociatedFileType
 CONTENT_IMAGE_PROPERTIES = 2  # ContentProperties union: FeatureProperties 1, ImageProperties 2, ...
@@ -219,6 +231,18 @@ def _fields(description: dict) -> tuple[str, dict]:
     return where, fields
 
 
+def _output_text(description: dict, fields: dict) -> str:
+    """The output tensor's description: what it holds, and for low-resolution logits their mapping."""
+    classes, size = len(fields["classes"]), f"{fields['out_height']}x{fields['out_width']}x{len(fields['classes'])}"
+    if fields["kind"] != "low_res_logits":
+        return f"Per-pixel {fields['kind']} of {classes} classes, {size}; the argmax over the last axis is the class map."
+    out = description["output"]
+    up = out.get("upsampling", {})
+    return (f"Logits of {classes} classes at stride {out.get('stride')}, {size}: upsample them (bilinear, half-pixel "
+            f"centres) to {up.get('size')} and keep the {fields['height']}x{fields['width']} window at offset "
+            f"{up.get('offset')} to line them up with the input pixels; then the argmax over the last axis.")
+
+
 def build(description: dict, *, input_name: str = "image", output_name: str = "logits") -> bytes:
     """The ``ModelMetadata`` FlatBuffer (identifier ``M001``) for a ``tfseg/1`` description.
 
@@ -272,9 +296,7 @@ def build(description: dict, *, input_name: str = "image", output_name: str = "l
                                 ("offset", CONTENT_PROPERTIES, mask), ("offset", CONTENT_RANGE, value_range)])
     output_tensor = _table(b, TENSOR_FIELDS, [
         ("offset", TENSOR_NAME, b.CreateString(output_name)),
-        ("offset", TENSOR_DESCRIPTION, b.CreateString(
-            f"Per-pixel {kind} of {len(classes)} classes, {height}x{width}x{len(classes)}; "
-            "the argmax over the last axis is the class map.")),
+        ("offset", TENSOR_DESCRIPTION, b.CreateString(_output_text(description, fields))),
         ("offset", TENSOR_CONTENT, out_content),
         ("offset", TENSOR_FILES, _offset_vector(b, [labels])),
     ])
@@ -501,6 +523,7 @@ def read(tflite_bytes: bytes, where: str = "model") -> dict | None:
 __all__ = [
     "ACTIVATIONS",
     "ACTIVATION_OF_OUTPUT",
+    "CLASS_MAP_KINDS",
     "LABELS_FILE",
     "METADATA_NAME",
     "MIN_PARSER_VERSION",

@@ -228,6 +228,11 @@ def test_sidecar_is_the_fallback_and_embedded_wins(models, tmp_path):
         ({"input": {"height": 64, "width": 96, "dtype": "int16"}}, "input.dtype"),
         ({"input": {"height": 0, "width": 96, "dtype": "int8"}}, "input.height"),
         ({"output": {"kind": "heatmap"}}, "output.kind"),
+        ({"output": {"kind": "class_map", "height": 8, "width": 12}}, "needs output.upsampling"),
+        ({"output": {"kind": "low_res_logits", "height": 8, "width": 12,
+                     "upsampling": {"method": "cubic", "size": [64, 96], "offset": [0, 0]}}}, "upsampling.method"),
+        ({"output": {"kind": "low_res_logits", "height": 8, "width": 12,
+                     "upsampling": {"method": "bilinear", "size": [64, 96], "offset": [2, 0]}}}, "does not fit"),
         ({"quantization": "int4"}, "quantization"),
     ],
 )

@@ -5,7 +5,8 @@ Two figures per thread count:
 - ``invoke``: the interpreter's ``invoke()`` alone, the model's own latency (what a benchmark
   table compares across models);
 - ``end_to_end``: ``Segmenter.predict`` on an image of the model's input size (preprocessing,
-  quantization, invoke, argmax), what an application sees per frame.
+  quantization, invoke, argmax and resizing to the image: for low-resolution exports this
+  includes the runner's upsampling), what an application sees per frame.
 
 The first invocations are slower (XNNPACK packs weights, caches warm up), hence the untimed
 warm-up. On a shared or thermally throttled device quote the median; p90 shows the noise.
@@ -89,7 +90,7 @@ def format_report(result: dict) -> str:
             f"invoke     median {inv['median_ms']:.2f} ms  p90 {inv['p90_ms']:.2f} ms  "
             f"min {inv['min_ms']:.2f} ms  -> {inv['fps']:.1f} FPS",
             f"end-to-end median {e2e['median_ms']:.2f} ms  p90 {e2e['p90_ms']:.2f} ms  "
-            f"min {e2e['min_ms']:.2f} ms  -> {e2e['fps']:.1f} FPS (preprocess + invoke + argmax)",
+            f"min {e2e['min_ms']:.2f} ms  -> {e2e['fps']:.1f} FPS (preprocess + invoke + argmax and resize)",
         ]
     )
 

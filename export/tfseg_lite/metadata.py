@@ -29,7 +29,10 @@ from tfseg_lite.flatbuffer import is_tflite, metadata_buffer, open_model
 METADATA_NAME = "tfseg"
 FORMAT = "tfseg/1"
 INPUT_DTYPES = ("uint8", "int8", "float32")
-OUTPUT_KINDS = ("logits", "probabilities")
+OUTPUT_KINDS = ("logits", "probabilities", "low_res_logits", "class_map")
+# Outputs at the model's own stride (tfseg export --output): mapped onto the input by ``upsampling``.
+LOW_RES_KINDS = ("low_res_logits", "class_map")
+UPSAMPLING_METHODS = ("bilinear", "nearest")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # An activation applied after the model means it outputs scores before it (and NONE: final scores).
 OUTPUT_KIND_OF_ACTIVATION = {"SOFTMAX": "logits", "SIGMOID": "logits", "NONE": "probabilities"}
@@ -54,6 +57,30 @@ def read_embedded(path, name: str = METADATA_NAME) -> bytes | None:
 
 
 @dataclass(frozen=True)
+class Upsampling:
+    """How a low-resolution output lines up with the input pixels (``output.upsampling``).
+
+    Resize the (h, w) output to ``size`` with ``method`` and half-pixel centres (as TensorFlow's
+    ``tf.image.resize`` and Keras' ``UpSampling2D``), then keep the window of the input's size
+    whose top-left corner is ``offset``: input pixel (y, x) sits at output coordinate
+    ``((y + offset[0] + 0.5) * h / size[0] - 0.5, (x + offset[1] + 0.5) * w / size[1] - 0.5)``.
+
+    Attributes:
+      method: ``bilinear`` (logits: what the model's own final layer did) or ``nearest`` (class ids).
+      size: (height, width) the output is resized to.
+      offset: (top, left) of the input-sized window in it.
+      output_size: (h, w) of the output tensor.
+      stride: input pixels per output pixel (informative), or None.
+    """
+
+    method: str
+    size: tuple
+    offset: tuple
+    output_size: tuple
+    stride: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Metadata:
     """A validated ``tfseg/1`` model description.
 
@@ -63,7 +90,9 @@ class Metadata:
       height, width, channels: the model's input size.
       input_dtype: ``uint8``, ``int8`` or ``float32``.
       pixel_range: (low, high) pixel values the model takes (RGB values, mapped from 0..255).
-      output_kind: ``logits`` or ``probabilities`` (argmax gives the class map either way).
+      output_kind: ``logits`` or ``probabilities`` at the input size (argmax gives the class map
+        either way), ``low_res_logits`` (logits at the model's stride) or ``class_map`` (class ids
+        at the model's stride, shape (1, h, w)).
       quantization: ``none``, ``float16``, ``dynamic`` or ``int8``.
       model: the architecture's name (informative).
       dataset: the training data set's name (informative).
@@ -76,6 +105,8 @@ class Metadata:
         ``SIGMOID``, ``SOFTMAX``), or None.
       tflite_metadata: whether the file has TFLite Model Metadata (then ``classes`` and
         ``pixel_range`` come from it).
+      upsampling: for ``low_res_logits`` and ``class_map``, how the output maps onto the input
+        pixels (``Upsampling``); None for outputs at the input size.
       raw: the whole JSON, unknown keys included (empty when described by TFLite Model Metadata alone).
     """
 
@@ -95,6 +126,7 @@ class Metadata:
     source: str = "embedded"
     activation: str | None = None
     tflite_metadata: bool = False
+    upsampling: Upsampling | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -121,6 +153,33 @@ def _int(value, what: str, where: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise MetadataError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _int_pair(value, what: str, where: str, minimum: int) -> tuple:
+    if not isinstance(value, list) or len(value) != 2:
+        raise MetadataError(f"{where}: {what} must be [height, width] (or [top, left]), got {value!r}")
+    return tuple(_int(v, what, where, minimum) for v in value)
+
+
+def _upsampling(out: dict, kind: str, height: int, width: int, where: str) -> Upsampling | None:
+    """The checked ``output.upsampling`` of a low-resolution output (None for the others)."""
+    if kind not in LOW_RES_KINDS:
+        return None
+    up = out.get("upsampling")
+    if not isinstance(up, dict):
+        raise MetadataError(f"{where}: a {kind} output needs output.upsampling (method, size, offset): "
+                            "how its pixels map onto the input")
+    method = up.get("method")
+    if method not in UPSAMPLING_METHODS:
+        raise MetadataError(f"{where}: output.upsampling.method must be one of {UPSAMPLING_METHODS}, got {method!r}")
+    size = _int_pair(up.get("size"), "output.upsampling.size", where, 1)
+    offset = _int_pair(up.get("offset", [0, 0]), "output.upsampling.offset", where, 0)
+    if offset[0] + height > size[0] or offset[1] + width > size[1]:
+        raise MetadataError(f"{where}: output.upsampling: a {height}x{width} window at offset {list(offset)} "
+                            f"does not fit in size {list(size)}")
+    output_size = (_int(out.get("height"), "output.height", where), _int(out.get("width"), "output.width", where))
+    stride = out.get("stride")
+    return Upsampling(method, size, offset, output_size, tuple(stride) if isinstance(stride, list) else None)
 
 
 def parse(description: dict, where: str = "metadata", source: str = "embedded") -> Metadata:
@@ -190,6 +249,7 @@ def parse(description: dict, where: str = "metadata", source: str = "embedded") 
         raise MetadataError(f"{where}: output.kind must be one of {OUTPUT_KINDS}, got {kind!r}")
     if "classes" in out and out["classes"] != len(classes):
         raise MetadataError(f"{where}: output.classes is {out['classes']!r} but {len(classes)} class names are listed")
+    upsampling = _upsampling(out, kind, height, width, where)
     quantization = description.get("quantization", "none")
     if quantization not in QUANTIZATIONS:
         raise MetadataError(f"{where}: quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
@@ -209,6 +269,7 @@ def parse(description: dict, where: str = "metadata", source: str = "embedded") 
         ignore_label=ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None,
         normalization=str(inp.get("normalization", "")),
         source=source,
+        upsampling=upsampling,
         raw=description,
     )
 
@@ -352,6 +413,7 @@ __all__ = [
     "MetadataError",
     "ModelError",
     "TfsegLiteError",
+    "Upsampling",
     "default_palette",
     "from_tflite_metadata",
     "is_tflite",

@@ -10,6 +10,17 @@ The pipeline follows the model's own description (``tfseg_lite.metadata``):
    model: the runner never normalises);
 4. after ``invoke()`` the argmax over the class axis gives the class map, resized back to the
    image's own size with nearest-neighbour sampling.
+
+Models exported with ``tfseg export --output low_res_logits`` or ``class_map`` end before their
+final upsampling: their output is at the model's own stride (e.g. 46x60 for 360x480 at stride 8,
+the input padded to 368 rows inside the model). ``output.upsampling`` in their description says
+how those pixels line up with the input (``tfseg_lite.metadata.Upsampling``), and step 4 becomes:
+
+- ``low_res_logits``: the logits are upsampled bilinearly with half-pixel centres (what the
+  model's own final layer computed) onto the input pixels, then the argmax, then nearest to the
+  image's size; or, with ``Segmenter(..., logits_upsampling="nearest")``, the argmax at the low
+  resolution and the class ids resized with nearest (cheaper, a little less accurate);
+- ``class_map``: the class ids are resized with nearest straight to the image's size.
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tfseg_lite import metadata as _metadata
 from tfseg_lite import runtime as _runtime
 from tfseg_lite.metadata import ModelError, TfsegLiteError
+
+
+# How Segmenter maps low-resolution logits onto the image (see the module docstring).
+LOGITS_UPSAMPLING = ("bilinear", "nearest")
 
 
 class ImageError(TfsegLiteError, ValueError):
@@ -134,6 +149,56 @@ def overlay(image, class_map: np.ndarray, palette, alpha: float = 0.5) -> np.nda
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
+def _bilinear_sources(first: int, count: int, size: int, length: int):
+    """Samples ``first .. first + count - 1`` of ``length`` values resized to ``size`` with half-pixel
+    centres: the two source indices and the weight of the second (as ``tf.image.resize`` computes them)."""
+    position = (np.arange(first, first + count, dtype=np.float64) + 0.5) * (length / size) - 0.5
+    low = np.floor(position)
+    weight = (position - low).astype(np.float32)
+    low = low.astype(np.intp)
+    return np.clip(low, 0, length - 1), np.clip(low + 1, 0, length - 1), weight
+
+
+def upsample_bilinear(scores: np.ndarray, upsampling, height: int, width: int) -> np.ndarray:
+    """Low-resolution scores on the input pixels: resized bilinearly (half-pixel centres, as Keras'
+    ``UpSampling2D(interpolation="bilinear")`` and TFLite's RESIZE_BILINEAR) to ``upsampling.size``,
+    of which the ``height`` x ``width`` window at ``upsampling.offset`` is computed.
+
+    Args:
+      scores: (h, w, K) logits; integer (quantized) ones may be passed raw: a positive scale and a
+        zero point do not change which class is largest after a weighted mean.
+      upsampling: the model's ``tfseg_lite.metadata.Upsampling``.
+      height, width: the model's input size.
+
+    Returns:
+      (height, width, K) float32.
+    """
+    scores = np.asarray(scores, np.float32)
+    (size_h, size_w), (top, left) = upsampling.size, upsampling.offset
+    c0, c1, cw = _bilinear_sources(left, width, size_w, scores.shape[1])
+    r0, r1, rw = _bilinear_sources(top, height, size_h, scores.shape[0])
+    rows = scores[:, c0] + (scores[:, c1] - scores[:, c0]) * cw[None, :, None]  # width first, as TensorFlow
+    return rows[r0] + (rows[r1] - rows[r0]) * rw[:, None, None]
+
+
+def _nearest_sources(count: int, input_length: int, offset: int, size: int, length: int) -> np.ndarray:
+    """For ``count`` image pixels spanning the model's ``input_length`` pixels: the low-resolution
+    index each one falls in (half-pixel centres; the input window sits at ``offset`` in ``size``)."""
+    position = ((np.arange(count, dtype=np.float64) + 0.5) * (input_length / count) + offset) * (length / size)
+    return np.clip(np.floor(position).astype(np.intp), 0, length - 1)
+
+
+def resize_low_res_nearest(class_map: np.ndarray, upsampling, input_size, height: int, width: int) -> np.ndarray:
+    """Low-resolution class ids (h, w) resized with nearest straight to an image of (height, width).
+
+    The same as resizing them to ``upsampling.size`` (nearest, half-pixel centres), keeping the
+    input-sized window at ``upsampling.offset`` and resizing that to the image, in one gather.
+    """
+    rows = _nearest_sources(height, input_size[0], upsampling.offset[0], upsampling.size[0], class_map.shape[0])
+    cols = _nearest_sources(width, input_size[1], upsampling.offset[1], upsampling.size[1], class_map.shape[1])
+    return class_map[rows[:, None], cols[None, :]]
+
+
 def resize_nearest(class_map: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of a label map with Pillow's NEAREST (labels are never blended).
 
@@ -166,6 +231,9 @@ class Segmenter:
       runtime: ``litert``, ``tflite-runtime`` or ``auto``/None (see ``tfseg_lite.runtime.load``).
       reference_kernels: run TFLite's portable reference kernels instead of the optimised ones
         (much slower): the bit-exact baseline when two machines' int8 outputs differ.
+      logits_upsampling: for ``low_res_logits`` models: ``bilinear`` (the logits upsampled onto
+        the input pixels, then the argmax: the model's own computation) or ``nearest`` (the argmax
+        at low resolution, then the class ids resized).
 
     Raises:
       FileNotFoundError: no such model file.
@@ -181,7 +249,10 @@ class Segmenter:
     """
 
     def __init__(self, model_path, num_threads: int | None = None, runtime: str | None = None,
-                 reference_kernels: bool = False):
+                 reference_kernels: bool = False, logits_upsampling: str = "bilinear"):
+        if logits_upsampling not in LOGITS_UPSAMPLING:
+            raise ValueError(f"logits_upsampling must be one of {LOGITS_UPSAMPLING}, got {logits_upsampling!r}")
+        self.logits_upsampling = logits_upsampling
         self.model_path = Path(model_path)
         self.metadata = _metadata.load(self.model_path)  # fails first on missing / non-TFLite files
         self.runtime = _runtime.load(runtime)
@@ -214,10 +285,19 @@ class Segmenter:
                 f"but its description says {meta.input_dtype}"
             )
         out_shape = tuple(int(d) for d in self._output["shape"])
-        if len(out_shape) != 4 or out_shape[0] != 1 or out_shape[-1] != meta.num_classes:
-            raise ModelError(
-                f"{self.model_path}: expected an output of shape (1, H, W, {meta.num_classes}), got {out_shape}"
-            )
+        if meta.upsampling is None:
+            if len(out_shape) != 4 or out_shape[0] != 1 or out_shape[-1] != meta.num_classes:
+                raise ModelError(
+                    f"{self.model_path}: expected an output of shape (1, H, W, {meta.num_classes}), got {out_shape}"
+                )
+        else:
+            expected = (1, *meta.upsampling.output_size) + ((meta.num_classes,) if meta.output_kind != "class_map" else ())
+            if out_shape != expected:
+                raise ModelError(f"{self.model_path}: the {meta.output_kind} output has shape {out_shape}, "
+                                 f"but its description says {expected}")
+        if meta.output_kind == "class_map" and not np.issubdtype(np.dtype(self._output["dtype"]), np.integer):
+            raise ModelError(f"{self.model_path}: a class_map output must hold integer class ids, "
+                             f"not {np.dtype(self._output['dtype']).name}")
         self._lut = self._pixel_table()
         self.last_invoke_ms = None
 
@@ -307,11 +387,29 @@ class Segmenter:
         """
         picture = load_image(image)
         width, height = picture.size
-        output = self.run(self.preprocess(picture))[0]
+        return self.postprocess(self.run(self.preprocess(picture))[0], height, width)
+
+    def postprocess(self, output: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The class map of an image of (height, width) from the model's raw output (``run(...)[0]``).
+
+        Logits at the input size: the argmax, resized with nearest. Low-resolution outputs are
+        first mapped onto the input pixels as the description's ``output.upsampling`` says (see
+        the module docstring).
+
+        Returns:
+          (height, width) class ids: uint8 for up to 256 classes, else int32.
+        """
+        meta = self.metadata
+        dtype = np.uint8 if meta.num_classes <= 256 else np.int32
+        up = meta.upsampling
+        if up is not None and meta.output_kind == "low_res_logits" and self.logits_upsampling == "bilinear":
+            output = upsample_bilinear(output, up, meta.height, meta.width)
+            up = None  # now on the input pixels
         # Argmax straight on int8/uint8 outputs: dequantization (positive scale) keeps the order.
-        class_map = np.argmax(output, axis=-1)
-        class_map = class_map.astype(np.uint8 if self.metadata.num_classes <= 256 else np.int32)
-        return resize_nearest(class_map, height, width)
+        class_map = (output if meta.output_kind == "class_map" else np.argmax(output, axis=-1)).astype(dtype)
+        if up is None:
+            return resize_nearest(class_map, height, width)
+        return resize_low_res_nearest(class_map, up, self.input_size, height, width)
 
     def colorize(self, class_map: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 colours of a class map, from the model's palette."""
@@ -333,7 +431,10 @@ class Segmenter:
             "input": f"{meta.height}x{meta.width}x{meta.channels} {self.input_dtype}",
             "pixel_range": list(meta.pixel_range),
             "normalization": meta.normalization or "inside the model",
-            "output": "x".join(str(int(d)) for d in self._output["shape"][1:]) + f" {self.output_dtype}",
+            "output": "x".join(str(int(d)) for d in self._output["shape"][1:]) + f" {self.output_dtype}" + (
+                f" {meta.output_kind} at stride {'x'.join(f'{v:g}' for v in meta.upsampling.stride or ())}, "
+                f"upsampled {self.logits_upsampling if meta.output_kind == 'low_res_logits' else 'nearest'} "
+                "by the runner" if meta.upsampling else ""),
             "runtime": self.runtime.label,
             "threads": self.num_threads,
             "file_kb": round(self.model_path.stat().st_size / 1024, 1),
@@ -342,4 +443,5 @@ class Segmenter:
         }
 
 
-__all__ = ["ImageError", "Segmenter", "colorize", "load_image", "overlay", "resize_nearest", "to_rgb"]
+__all__ = ["ImageError", "LOGITS_UPSAMPLING", "Segmenter", "colorize", "load_image", "overlay", "resize_low_res_nearest",
+           "resize_nearest", "to_rgb", "upsample_bilinear"]

@@ -4,7 +4,8 @@
 post-training int8 TFLite (a quantization-aware run: its own int8 only), scores the Keras model
 and every file on a split in one pass (each in its own runtime: Keras, LiteRT; mIoU at full label
 resolution), times each at the given thread counts (the Keras model at batch 1 with TensorFlow's
-own threads, for reference), and writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png``
+own threads, for reference), reads how LiteRT delegates each file to XNNPACK (partitions, operators
+left outside: ``tfseg.xnnpack``), and writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png``
 (mIoU against latency) with the files in the benchmark folder.
 """
 
@@ -27,6 +28,7 @@ from tfseg.quantize.ptq import representative_images
 from tfseg.report import plot_accuracy_latency
 from tfseg.runs import Run
 from tfseg.tflite import litert_latency, random_images
+from tfseg.xnnpack import delegation, outside_names, summary
 
 # A format's name in the table -> the export's quantization.
 QUANTIZATION_OF = dict(zip(BENCHMARK_FORMATS, ("none", "float16", "dynamic", "int8")))
@@ -104,7 +106,9 @@ def run(config: BenchmarkConfig, verbose="auto") -> dict:
     """Benchmarks a run's model in every format; see the module docstring.
 
     Returns:
-      ``{"split", "images", "rows": [{"format", "file_kib", "miou", "ms_<n>t", ...}, ...]}``.
+      ``{"split", "images", "rows": [{"format", "file_kib", "miou", "ms_<n>t", ...}, ...]}``; TFLite rows
+      also ``xnnpack_partitions``, ``xnnpack_outside`` (the operators outside XNNPACK, I/O
+      quantization apart) and ``xnnpack`` (both, short: ``tfseg.xnnpack.summary``).
     """
     source = Run.open(config.run_dir)
     out = Path(config.out_dir or source.path / "benchmark")
@@ -118,8 +122,10 @@ def run(config: BenchmarkConfig, verbose="auto") -> dict:
     rows = [{"format": "Keras (tf_keras)", "file_kib": None, "miou": mious["keras"],
              "ms_tf": keras_latency(model, size, config.runs)}]
     for name, path in paths.items():
+        report = delegation(path.read_bytes(), model=model)
         row = {"format": f"TFLite {name}", "file": str(path), "file_kib": path.stat().st_size / 1024,
-               "miou": mious[name]}
+               "miou": mious[name], "xnnpack_partitions": report["partitions"], "xnnpack": summary(report),
+               "xnnpack_outside": outside_names(report)}
         for threads in config.threads:
             row[f"ms_{threads}t"] = litert_latency(path.read_bytes(), num_threads=threads, runs=config.runs)["median_ms"]
         rows.append(row)
@@ -139,13 +145,14 @@ def format_table(result: dict) -> str:
     """The benchmark as a Markdown table."""
     threads = result["threads"]
     header = ["format", "size (KiB)", f"mIoU {result['split']} (%)", "ms, TF (batch 1)",
-              *(f"ms, LiteRT {n} thread{'s' if n > 1 else ''}" for n in threads)]
+              *(f"ms, LiteRT {n} thread{'s' if n > 1 else ''}" for n in threads), "XNNPACK partitions"]
     lines = [f"{result['model']} at {result['input_size'][0]}x{result['input_size'][1]}, "
              f"{result['images']} {result['split']} images", "",
              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in result["rows"]:
         cells = [row["format"], _cell(row.get("file_kib"), "{:.0f}"), _cell(100 * row["miou"], "{:.2f}"),
-                 _cell(row.get("ms_tf"), "{:.2f}"), *(_cell(row.get(f"ms_{n}t"), "{:.2f}") for n in threads)]
+                 _cell(row.get("ms_tf"), "{:.2f}"), *(_cell(row.get(f"ms_{n}t"), "{:.2f}") for n in threads),
+                 row.get("xnnpack", "-")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from tfseg import export
 from tfseg.checkpoint import write_json
 from tfseg.errors import ConfigError
-from tfseg.options import EXPORT_FORMATS
+from tfseg.options import EXPORT_FORMATS, EXPORT_OUTPUTS
+from tfseg.output_tail import find_tail
 from tfseg.pipeline import diagnose
 from tfseg.quantize.ptq import representative_images
 from tfseg.runs import Run
@@ -41,6 +42,8 @@ class ExportConfig:
       float_fallback: post-training int8 only: Keras layers left in float (``tfseg diagnose`` names them).
       float_fallback_worst: instead, the k worst layers of ``tfseg diagnose``'s ranking with its defaults
         (measured on val images: ``tfseg.pipeline.diagnose.layer_diagnosis``).
+      output: TFLite only: ``logits`` (at the input size), ``low_res_logits`` or ``class_map`` (at
+        the model's stride, before its final upsampling; ``tfseg.output_tail``).
     """
 
     run_dir: str
@@ -59,6 +62,7 @@ class ExportConfig:
     seed: int = 0
     float_fallback: tuple = ()
     float_fallback_worst: int | None = None
+    output: str = "logits"
 
 
 def _check_float_fallback(config: ExportConfig):
@@ -93,10 +97,17 @@ def run(config: ExportConfig) -> dict:
     """
     if config.format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {config.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if config.output not in EXPORT_OUTPUTS:
+        raise ConfigError(f"unknown export output {config.output!r}; choose one of {', '.join(EXPORT_OUTPUTS)}")
+    if config.format != "tflite" and config.output != "logits":
+        raise ConfigError(f"output {config.output!r} is for TFLite exports; a SavedModel serves class_map and "
+                          "probabilities at the image's size")
     _check_float_fallback(config)
     source = Run.open(config.run_dir)
     size = tuple(config.image_size or source.eval_size)
     model = source.model(config.which, size=size)
+    if config.output != "logits":
+        find_tail(model)  # a model without a final upsampling fails before any calibration
     common = dict(info=source.info, input_size=size, model_name=source.model_name)
     if config.format == "saved_model":
         result = export.to_saved_model(model, config.out, **common)
@@ -114,11 +125,13 @@ def run(config: ExportConfig) -> dict:
         if config.float_fallback_worst is not None:
             fallback = _worst_layers(config, source, model, size, representative)
         result = export.to_tflite(model, config.out, config.quantization, io_dtype=config.io_dtype,
-                                  representative_data=representative, float_fallback=fallback, **common)
+                                  representative_data=representative, float_fallback=fallback,
+                                  output=config.output, **common)
         if fallback:
             result["float_fallback"] = fallback
     report = {key: value for key, value in result.items() if key != "metadata"}
-    report.update(run_dir=str(config.run_dir), format=config.format, quantization=config.quantization)
+    report.update(run_dir=str(config.run_dir), format=config.format, quantization=config.quantization,
+                  output=config.output)
     if config.verify_split:
         split = source.split(config.verify_split, config.dataset, config.data_options)
         checked = export.verify(model, config.out, split, info=source.info, image_size=size,
