@@ -34,3 +34,20 @@ def test_benchmark_scores_and_times_every_format(tmp_path, capsys):
     assert rows["Keras (tf_keras)"]["ms_tf"] > 0
     assert (run / "benchmark" / "benchmark.png").stat().st_size > 0
     assert "| TFLite int8 |" in printed and (run / "benchmark" / "unet_int8.tflite").exists()
+
+
+def test_benchmark_rows_for_each_output(tmp_path, capsys):
+    """Cut outputs: low-resolution logits upsampled by the runner score exactly what the full-resolution
+    float file scores; a class map is its own row."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fastseg_tiny", "--crop-size", "32", "--epochs", "1", "--batch-size", "4",
+                 "--no-augment", "--out", str(run), *tiny_scenes_options(8)]) == 0
+    assert main(["benchmark", str(run), "--formats", "float32", "int8", "--outputs", "logits", "low_res_logits",
+                 "class_map", "--threads", "1", "--runs", "2", "--calibration-images", "4", "--max-images", "4"]) == 0
+    rows = {row["format"]: row for row in json.loads((run / "benchmark" / "benchmark.json").read_text())["rows"]}
+    assert list(rows)[1:] == [f"TFLite {f}{o}" for f in ("float32", "int8")
+                              for o in ("", " low_res_logits", " class_map")]
+    assert abs(rows["TFLite float32 low_res_logits"]["miou"] - rows["TFLite float32"]["miou"]) < 1e-6
+    assert all(row["ms_1t"] > 0 and row["xnnpack_partitions"] >= 1 for row in list(rows.values())[1:])
+    assert (run / "benchmark" / "fastseg_tiny_int8_class_map.tflite").exists()
+    assert "| TFLite int8 low_res_logits |" in capsys.readouterr().out

@@ -11,6 +11,7 @@
     tfseg evaluate RUN_DIR --split test    mIoU, per-class IoU, pixel accuracy, overlays (also of an exported FILE)
     tfseg benchmark RUN_DIR                every TFLite format of a run's model: size, mIoU, latency at 1 and 2 threads
     tfseg diagnose RUN_DIR                 per-layer int8 error, worst first; what leaving the worst in float buys and costs
+    tfseg profile RUN_DIR                  where LiteRT spends the time: ms, MACs and GMAC/s per block of layers
     tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
 """
@@ -255,7 +256,8 @@ def _cmd_benchmark(args) -> int:
 
     result = benchmark.run(benchmark.BenchmarkConfig(
         args.run_dir, out_dir=args.out, split=args.split, formats=tuple(args.formats), threads=tuple(args.threads),
-        max_images=args.max_images, calibration_images=args.calibration_images, runs=args.runs))
+        max_images=args.max_images, calibration_images=args.calibration_images, runs=args.runs,
+        outputs=tuple(args.outputs)))
     print(f"\n{result['table']}\n\nWritten: {result['out_dir']}/benchmark.md, benchmark.json, benchmark.png "
           "(mIoU against latency) and the .tflite files")
     return 0
@@ -272,6 +274,36 @@ def _cmd_diagnose(args) -> int:
     worst = ", ".join(result["worst_layers"][:5])
     print(f"\nworst layers ({result['metric']} on {result['images']} {result['split']} images): {worst}\n\n"
           f"{result['table']}\n\nWritten: {result['out_dir']}/diagnose.md, diagnose.json, layers.png")
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from tfseg.latency_profile import format_layer_profile, profile_layers
+    from tfseg.litert_peak import format_peak, litert_peak, peak_gmacs
+    from tfseg.output_tail import output_model
+    from tfseg.quantize.ptq import representative_images
+    from tfseg.runs import Run
+
+    run = Run.open(args.run_dir)
+    model = output_model(run.model(args.which, size=run.eval_size), args.output)
+    quantizations = ["int8"] if run.is_quantization_aware else args.quantizations
+    calibration = None
+    if "int8" in quantizations and not run.is_quantization_aware:
+        # Real images: the ranges decide whether XNNPACK takes an int8 ADD (its scale-ratio limits).
+        calibration = representative_images(run.split(run.record.get("train_split", "train")), run.eval_size,
+                                            args.calibration_images)
+    peaks = {}
+    if args.peak:
+        rows = litert_peak((args.threads,), args.runs)
+        peaks = peak_gmacs(rows)
+        print(format_peak(rows))
+    results = [profile_layers(model, quantization, calibration if quantization == "int8" else None, args.threads,
+                              args.runs, cut=args.cut, method=args.method,
+                              peak_gmacs=peaks.get(quantization, {}).get(args.threads))
+               for quantization in quantizations]
+    print(f"{run.path} ({run.model_name}, output {args.output}, {run.eval_size[0]}x{run.eval_size[1]}, "
+          f"{args.threads} thread{'s' if args.threads > 1 else ''})\n")
+    print(format_layer_profile(*results))
     return 0
 
 
@@ -470,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-images", type=int, help="score on at most this many images")
     b.add_argument("--calibration-images", type=int, default=100, help="training images for int8 calibration")
     b.add_argument("--runs", type=int, default=20, help="timed invocations per format and thread count")
+    b.add_argument("--outputs", nargs="+", choices=names.EXPORT_OUTPUTS, default=["logits"],
+                   help="what each file outputs (see tfseg export --output; default logits)")
     b.set_defaults(func=_cmd_benchmark)
 
     g = sub.add_parser("diagnose", help="per-layer error of a run's int8 model against float; float fallback of "
@@ -492,6 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--runs", type=int, default=20, help="timed invocations per model")
     g.add_argument("--seed", type=int, default=0, help="which calibration and diagnosis images")
     g.set_defaults(func=_cmd_diagnose)
+
+    pf = sub.add_parser("profile", help="where LiteRT spends a run's time: ms, MACs and GMAC/s per block of layers")
+    pf.add_argument("run_dir")
+    pf.add_argument("--which", default="best", choices=("best", "last"), help="which model of the run (default best)")
+    pf.add_argument("--output", default=names.EXPORT_OUTPUTS[0], choices=names.EXPORT_OUTPUTS,
+                    help="profile the model as exported with this output (see tfseg export --output)")
+    pf.add_argument("--quantizations", type=_comma_list, default=["float32", "int8"],
+                    help="comma-separated: float32, int8, float16, dynamic (default float32,int8; a "
+                         "quantization-aware run profiles int8 only)")
+    pf.add_argument("--threads", type=int, default=1, help="LiteRT threads")
+    pf.add_argument("--runs", type=int, default=20, help="profiled invocations (medians)")
+    pf.add_argument("--cut", default="blocks", choices=("blocks", "live", "layers"), help="how layers group into rows")
+    pf.add_argument("--method", default="profiler", choices=("profiler", "prefix"),
+                    help="LiteRT's operator profiler, or timing prefix sub-models")
+    pf.add_argument("--calibration-images", type=int, default=16, help="training images for int8 calibration")
+    pf.add_argument("--peak", action="store_true", help="also measure the MAC-bound limit and each model's ratio to it")
+    pf.set_defaults(func=_cmd_profile)
 
     e = sub.add_parser("evaluate", help="score a trained run or an exported model at full label resolution")
     e.add_argument("run_dir", metavar="RUN_DIR_OR_EXPORT",

@@ -1,7 +1,8 @@
 """One model in every format it can be deployed in, side by side: size, accuracy, speed.
 
 ``run(BenchmarkConfig(run_dir))`` exports the run's model as float32, float16, dynamic-range and
-post-training int8 TFLite (a quantization-aware run: its own int8 only), scores the Keras model
+post-training int8 TFLite (a quantization-aware run: its own int8 only), each with every asked-for
+output (``tfseg.output_tail``: full-resolution logits, low-resolution logits, a class map), scores the Keras model
 and every file on a split in one pass (each in its own runtime: Keras, LiteRT; mIoU at full label
 resolution), times each at the given thread counts (the Keras model at batch 1 with TensorFlow's
 own threads, for reference), reads how LiteRT delegates each file to XNNPACK (partitions, operators
@@ -22,12 +23,12 @@ from tfseg._keras import tf
 from tfseg.checkpoint import write_json
 from tfseg.errors import ConfigError
 from tfseg.evaluate import ConfusionMatrix, stream
-from tfseg.options import BENCHMARK_FORMATS
+from tfseg.options import BENCHMARK_FORMATS, EXPORT_OUTPUTS
 from tfseg.predictors import KerasPredictor, TFLitePredictor
 from tfseg.quantize.ptq import representative_images
 from tfseg.report import plot_accuracy_latency
 from tfseg.runs import Run
-from tfseg.tflite import litert_latency, random_images
+from tfseg.tflite import litert_latencies, random_images
 from tfseg.xnnpack import delegation, outside_names, summary
 
 # A format's name in the table -> the export's quantization.
@@ -39,7 +40,8 @@ class BenchmarkConfig:
     """``run_dir``: the run; ``out_dir``: default ``<run_dir>/benchmark``; ``split``: scored on;
     ``formats``: among float32, float16, dynamic, int8; ``threads``: LiteRT thread counts timed;
     ``max_images``: score on at most this many images; ``calibration_images``: int8 calibration
-    (training images); ``runs``: timed invocations per format and thread count."""
+    (training images); ``runs``: timed invocations per format and thread count; ``outputs``: what
+    each file outputs, among logits, low_res_logits, class_map (``tfseg export --output``)."""
 
     run_dir: str
     out_dir: str | None = None
@@ -49,12 +51,17 @@ class BenchmarkConfig:
     max_images: int | None = None
     calibration_images: int = 100
     runs: int = 20
+    outputs: tuple = ("logits",)
 
     def __post_init__(self):
         unknown = [name for name in self.formats if name not in QUANTIZATION_OF]
         if unknown:
             raise ConfigError(f"unknown format(s) {', '.join(map(repr, unknown))}; choose from "
                               f"{', '.join(QUANTIZATION_OF)}")
+        unknown = [name for name in self.outputs if name not in EXPORT_OUTPUTS]
+        if unknown or not self.outputs:
+            raise ConfigError(f"unknown output(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from "
+                              f"{', '.join(EXPORT_OUTPUTS)}")
         if not self.threads or min(self.threads) < 1:
             raise ConfigError(f"threads must be counts of at least 1, got {list(self.threads)}")
 
@@ -83,7 +90,7 @@ def score(predictors: dict, split, max_images: int | None = None, verbose="auto"
 
 
 def _exports(source: Run, model, config: BenchmarkConfig, folder: Path) -> dict:
-    """format name -> exported .tflite path (written once; reused by a rerun)."""
+    """row name ('int8', 'int8 low_res_logits', ...) -> exported .tflite path (written once; reused by a rerun)."""
     formats = ["int8"] if source.is_quantization_aware else list(config.formats)
     if source.is_quantization_aware and "int8" not in config.formats:
         raise ConfigError(f"{source.path} is quantization-aware: it exports as int8 only")
@@ -93,12 +100,15 @@ def _exports(source: Run, model, config: BenchmarkConfig, folder: Path) -> dict:
                                             source.eval_size, config.calibration_images)
     paths = {}
     for name in formats:
-        path = folder / f"{source.model_name}_{name}.tflite"
-        if not path.exists():
-            export.to_tflite(model, path, QUANTIZATION_OF[name], info=source.info, input_size=source.eval_size,
-                             model_name=source.model_name,
-                             representative_data=calibration if name == "int8" else None)
-        paths["int8 (QAT)" if source.is_quantization_aware else name] = path
+        for output in config.outputs:
+            suffix = "" if output == "logits" else f"_{output}"
+            path = folder / f"{source.model_name}_{name}{suffix}.tflite"
+            if not path.exists():
+                export.to_tflite(model, path, QUANTIZATION_OF[name], info=source.info, input_size=source.eval_size,
+                                 model_name=source.model_name, output=output,
+                                 representative_data=calibration if name == "int8" else None)
+            row = "int8 (QAT)" if source.is_quantization_aware else name
+            paths[row + ("" if output == "logits" else f" {output}")] = path
     return paths
 
 
@@ -121,13 +131,16 @@ def run(config: BenchmarkConfig, verbose="auto") -> dict:
     images, mious = score(predictors, source.split(config.split), config.max_images, verbose)
     rows = [{"format": "Keras (tf_keras)", "file_kib": None, "miou": mious["keras"],
              "ms_tf": keras_latency(model, size, config.runs)}]
+    # Every file timed in the same rounds, so a load that comes and goes falls on all of them alike.
+    timings = {threads: litert_latencies({name: path.read_bytes() for name, path in paths.items()}, threads,
+                                         config.runs) for threads in config.threads}
     for name, path in paths.items():
-        report = delegation(path.read_bytes(), model=model)
+        report = delegation(path.read_bytes())  # layer names from the tensor names: cut models too
         row = {"format": f"TFLite {name}", "file": str(path), "file_kib": path.stat().st_size / 1024,
                "miou": mious[name], "xnnpack_partitions": report["partitions"], "xnnpack": summary(report),
                "xnnpack_outside": outside_names(report)}
         for threads in config.threads:
-            row[f"ms_{threads}t"] = litert_latency(path.read_bytes(), num_threads=threads, runs=config.runs)["median_ms"]
+            row[f"ms_{threads}t"] = timings[threads][name]["median_ms"]
         rows.append(row)
     result = {"run": str(source.path), "model": source.model_name, "split": config.split, "images": images,
               "input_size": list(size), "threads": list(config.threads), "rows": rows}
