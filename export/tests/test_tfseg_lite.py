@@ -25,7 +25,7 @@ if str(EXPORT_DIR) not in sys.path:
 
 from tfseg_lite import ImageError, MetadataError, ModelError, Segmenter, colorize, load_image, overlay  # noqa: E402
 from tfseg_lite import cli, metadata, runtime  # noqa: E402
-from tfseg_lite.bench import benchmark, format_report, table_row  # noqa: E402
+from tfseg_lite.bench import TABLE_HEADER, benchmark, format_report, table_row  # noqa: E402
 from tfseg_lite.segmenter import resize_nearest  # noqa: E402
 
 H, W = 64, 96
@@ -496,16 +496,26 @@ def test_tflite_runtime_alternative(models, image_file):
 # --- bench and CLI ----------------------------------------------------------------------------
 
 
-def test_benchmark_reports_what_the_latency_table_needs(models):
+def test_benchmark_reports_what_the_latency_table_needs(models, image_file):
     result = benchmark(Segmenter(models["int8"], num_threads=2), runs=5, warmup=2)
-    for key in ("median_ms", "p90_ms", "fps", "min_ms"):
-        assert result["invoke"][key] > 0 and result["end_to_end"][key] > 0
+    for step in ("invoke", "preprocess", "postprocess", "end_to_end"):
+        for key in ("median_ms", "p90_ms", "fps", "min_ms"):
+            assert result[step][key] > 0, (step, key)
     assert result["invoke"]["p90_ms"] >= result["invoke"]["median_ms"]
+    assert result["end_to_end_ratio"] == result["end_to_end"]["median_ms"] / result["invoke"]["median_ms"]
+    assert result["frame"] == "64x96 uint8 RGB array (the model's input size: no resize), synthetic"
     assert result["threads"] == 2 and result["quantization"] == "int8" and result["input"].startswith("64x96x3 int8")
     report = format_report(result)
-    for words in ("ai-edge-litert", "threads 2", "median", "p90", "FPS", "warm-up", "quantization int8", "64x96x3"):
+    for words in ("ai-edge-litert", "threads 2", "median", "p90", "FPS", "warm-up", "quantization int8", "64x96x3",
+                  "frame      64x96 uint8", "preprocess", "postprocess", "end-to-end / invoke"):
         assert words in report
-    assert table_row(result).startswith("| test_net | int8 | ai-edge-litert ")
+    row = table_row(result)
+    assert row.startswith("| test_net | int8 | ai-edge-litert ") and row.endswith(" | 64x96 |")
+    assert row.count("|") == TABLE_HEADER.splitlines()[0].count("|")
+    # A frame of another size (resized on the way in and out), or a photo.
+    other = benchmark(Segmenter(models["float"], num_threads=1), runs=2, warmup=0, frame_size=(50, 70), image=image_file)
+    assert other["frame"] == f"50x70 uint8 RGB array (resized to the input), {image_file}"
+    assert table_row(other).endswith(" | 50x70 |")
     with pytest.raises(ValueError):
         benchmark(Segmenter(models["int8"], num_threads=1), runs=0)
 
@@ -541,7 +551,10 @@ def test_cli_bench_prints_table_row(models, capsys):
     assert cli.main(["bench", str(models["int8"]), "--threads", "1", "2", "--runs", "3", "--warmup", "1"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("invoke     median") == 2 and "| threads |" in printed
+    assert printed.count("steps      preprocess") == 2 and "| end-to-end / invoke |" in printed
     assert "| test_net | int8 | ai-edge-litert" in printed and "| 2 | 64x96 |" in printed
+    assert cli.main(["bench", str(models["int8"]), "--runs", "2", "--warmup", "0", "--frame-size", "72", "128"]) == 0
+    assert "frame      72x128 uint8 RGB array (resized to the input), synthetic" in capsys.readouterr().out
 
 
 def test_camera_loop_and_missing_opencv(models, capsys, monkeypatch):

@@ -2,7 +2,7 @@
 
     tfseg-lite info MODEL
     tfseg-lite predict MODEL IMAGES... --out DIR [--overlay] [--threads N]
-    tfseg-lite bench MODEL [--threads 1 2 4] [--runs 50] [--warmup 5] [--markdown]
+    tfseg-lite bench MODEL [--threads 1 2 4] [--runs 50] [--warmup 5] [--frame-size H W] [--image PHOTO]
     tfseg-lite camera MODEL [--source 0|video.mp4|picamera2] [--out overlay.mp4] [--max-frames N]
 
 ``--runtime litert|tflite-runtime`` (or ``TFSEG_LITE_RUNTIME``) forces a TFLite runtime.
@@ -141,7 +141,8 @@ def cmd_bench(args) -> int:
 
     rows = []
     for i, threads in enumerate(args.threads):
-        result = benchmark(_segmenter(args, threads), runs=args.runs, warmup=args.warmup)
+        result = benchmark(_segmenter(args, threads), runs=args.runs, warmup=args.warmup,
+                           frame_size=args.frame_size, image=args.image)
         if i:
             print()
         print(format_report(result))
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1), nargs="+", default=[1], help="thread counts to time, e.g. --threads 1 2 4")
     p.add_argument("--runs", type=_int_at_least(1), default=50, help="timed runs per thread count (default 50)")
     p.add_argument("--warmup", type=_int_at_least(0), default=5, help="untimed runs first (default 5)")
+    p.add_argument("--frame-size", type=_int_at_least(1), nargs=2, default=None, metavar=("H", "W"),
+                   help="camera frame size to time predict on (default: the model's input size, no resize)")
+    p.add_argument("--image", default=None,
+                   help="a photo to use as the frame (default: a synthetic frame of colour patches)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("camera", parents=[common], help="live camera or video loop (needs OpenCV or picamera2)")

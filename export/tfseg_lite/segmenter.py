@@ -4,12 +4,17 @@ The pipeline follows the model's own description (``tfseg_lite.metadata``):
 
 1. the image (path, PIL image or numpy array; RGB, RGBA, grayscale, palette, 16-bit) becomes
    8-bit RGB (or grayscale for 1-channel models);
-2. it is resized to the model's input size with bilinear filtering;
+2. it is resized to the model's input size with bilinear filtering (Pillow's, on the 8-bit image)
+   if its size differs;
 3. pixels 0..255 are mapped onto the model's ``pixel_range`` and, for int8/uint8 inputs,
    quantized with the input tensor's own scale and zero point (normalisation is inside the
    model: the runner never normalises);
 4. after ``invoke()`` the argmax over the class axis gives the class map, resized back to the
-   image's own size with nearest-neighbour sampling.
+   image's own size with nearest-neighbour sampling if its size differs.
+
+A camera frame, an (H, W, 3) uint8 RGB array of the model's input size, takes the shortest path:
+no Pillow image, and for a uint8 input tensor taking raw pixels (tfseg's int8 exports) no copy
+but the one ``set_tensor`` makes.
 
 Models exported with ``tfseg export --output low_res_logits`` or ``class_map`` end before their
 final upsampling: their output is at the model's own stride (e.g. 46x60 for 360x480 at stride 8,
@@ -18,8 +23,10 @@ how those pixels line up with the input (``tfseg_lite.metadata.Upsampling``), an
 
 - ``low_res_logits``: the logits are upsampled bilinearly with half-pixel centres (what the
   model's own final layer computed) onto the input pixels, then the argmax, then nearest to the
-  image's size; or, with ``Segmenter(..., logits_upsampling="nearest")``, the argmax at the low
-  resolution and the class ids resized with nearest (cheaper, a little less accurate);
+  image's size (``tfseg_lite.postprocess.BilinearArgmax`` gives that class map while upsampling
+  only the pixels near class boundaries); or, with ``Segmenter(..., logits_upsampling="nearest")``,
+  the argmax at the low resolution and the class ids resized with nearest (a little cheaper, a
+  little less accurate);
 - ``class_map``: the class ids are resized with nearest straight to the image's size.
 """
 
@@ -35,6 +42,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tfseg_lite import metadata as _metadata
 from tfseg_lite import runtime as _runtime
 from tfseg_lite.metadata import ModelError, TfsegLiteError
+from tfseg_lite.postprocess import BilinearArgmax, resize_low_res_nearest, resize_nearest, upsample_bilinear
 
 
 # How Segmenter maps low-resolution logits onto the image (see the module docstring).
@@ -149,76 +157,10 @@ def overlay(image, class_map: np.ndarray, palette, alpha: float = 0.5) -> np.nda
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-def _bilinear_sources(first: int, count: int, size: int, length: int):
-    """Samples ``first .. first + count - 1`` of ``length`` values resized to ``size`` with half-pixel
-    centres: the two source indices and the weight of the second (as ``tf.image.resize`` computes them)."""
-    position = (np.arange(first, first + count, dtype=np.float64) + 0.5) * (length / size) - 0.5
-    low = np.floor(position)
-    weight = (position - low).astype(np.float32)
-    low = low.astype(np.intp)
-    return np.clip(low, 0, length - 1), np.clip(low + 1, 0, length - 1), weight
-
-
-def upsample_bilinear(scores: np.ndarray, upsampling, height: int, width: int) -> np.ndarray:
-    """Low-resolution scores on the input pixels: resized bilinearly (half-pixel centres, as Keras'
-    ``UpSampling2D(interpolation="bilinear")`` and TFLite's RESIZE_BILINEAR) to ``upsampling.size``,
-    of which the ``height`` x ``width`` window at ``upsampling.offset`` is computed.
-
-    Args:
-      scores: (h, w, K) logits; integer (quantized) ones may be passed raw: a positive scale and a
-        zero point do not change which class is largest after a weighted mean.
-      upsampling: the model's ``tfseg_lite.metadata.Upsampling``.
-      height, width: the model's input size.
-
-    Returns:
-      (height, width, K) float32.
-    """
-    scores = np.asarray(scores, np.float32)
-    (size_h, size_w), (top, left) = upsampling.size, upsampling.offset
-    c0, c1, cw = _bilinear_sources(left, width, size_w, scores.shape[1])
-    r0, r1, rw = _bilinear_sources(top, height, size_h, scores.shape[0])
-    rows = scores[:, c0] + (scores[:, c1] - scores[:, c0]) * cw[None, :, None]  # width first, as TensorFlow
-    return rows[r0] + (rows[r1] - rows[r0]) * rw[:, None, None]
-
-
-def _nearest_sources(count: int, input_length: int, offset: int, size: int, length: int) -> np.ndarray:
-    """For ``count`` image pixels spanning the model's ``input_length`` pixels: the low-resolution
-    index each one falls in (half-pixel centres; the input window sits at ``offset`` in ``size``)."""
-    position = ((np.arange(count, dtype=np.float64) + 0.5) * (input_length / count) + offset) * (length / size)
-    return np.clip(np.floor(position).astype(np.intp), 0, length - 1)
-
-
-def resize_low_res_nearest(class_map: np.ndarray, upsampling, input_size, height: int, width: int) -> np.ndarray:
-    """Low-resolution class ids (h, w) resized with nearest straight to an image of (height, width).
-
-    The same as resizing them to ``upsampling.size`` (nearest, half-pixel centres), keeping the
-    input-sized window at ``upsampling.offset`` and resizing that to the image, in one gather.
-    """
-    rows = _nearest_sources(height, input_size[0], upsampling.offset[0], upsampling.size[0], class_map.shape[0])
-    cols = _nearest_sources(width, input_size[1], upsampling.offset[1], upsampling.size[1], class_map.shape[1])
-    return class_map[rows[:, None], cols[None, :]]
-
-
-def resize_nearest(class_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a label map with Pillow's NEAREST (labels are never blended).
-
-    Pillow rather than index arithmetic so results equal ``Image.resize(..., NEAREST)`` exactly,
-    including at sample points that fall exactly between two pixels.
-
-    Args:
-      class_map: (h, w) uint8 (up to 256 classes) or other integer class ids.
-      height, width: the size wanted.
-
-    Returns:
-      (height, width) class ids, uint8 if the input was uint8, else int32.
-    """
-    if class_map.shape == (height, width):
-        return class_map
-    if class_map.dtype == np.uint8:
-        labels = Image.fromarray(class_map, "L")
-    else:
-        labels = Image.fromarray(class_map.astype(np.int32), "I")  # 32-bit mode: any class count
-    return np.asarray(labels.resize((width, height), Image.NEAREST))
+def _is_rgb_frame(image) -> bool:
+    """An (H, W, 3) uint8 array: a camera frame, taken as RGB as it is."""
+    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 \
+        and image.shape[0] > 0 and image.shape[1] > 0
 
 
 class Segmenter:
@@ -299,7 +241,14 @@ class Segmenter:
             raise ModelError(f"{self.model_path}: a class_map output must hold integer class ids, "
                              f"not {np.dtype(self._output['dtype']).name}")
         self._lut = self._pixel_table()
+        self._map_pixels = self._pixel_mapping()
+        self._bilinear = None  # the low_res_logits upsampling and argmax, with its tables
+        if meta.output_kind == "low_res_logits" and logits_upsampling == "bilinear":
+            self._bilinear = BilinearArgmax(meta.upsampling.output_size, meta.upsampling, meta.height, meta.width)
         self.last_invoke_ms = None
+        # Of the last predict(): preprocess_ms (from the image, incl. reading a file, to set_tensor),
+        # invoke_ms, postprocess_ms (output to class map at the image's size) and end_to_end_ms.
+        self.last_times = {}
 
     # Properties used by reports and the CLI.
     @property
@@ -327,19 +276,46 @@ class Segmenter:
           image: a path, PIL image or numpy array (see ``load_image``).
 
         Returns:
-          An array of the input tensor's shape (1, H, W, C) and dtype.
+          An array of the input tensor's shape (1, H, W, C) and dtype. For an (H, W, 3) uint8 array
+          of the model's size and a uint8 input of raw pixels, a view of that array (no copy).
 
         Raises:
           FileNotFoundError, ImageError: the image cannot be read.
         """
+        return self._map_pixels(self._pixels(image))[None]
+
+    def _pixels(self, image) -> np.ndarray:
+        """The image as (H, W, C) uint8 pixels of the model's input size."""
         meta = self.metadata
-        picture = to_rgb(image)
-        if meta.channels == 1:
-            picture = picture.convert("L")
+        if _is_rgb_frame(image) and meta.channels == 3:
+            if image.shape[:2] == (meta.height, meta.width):
+                return image  # a camera frame of the model's size: nothing to do
+            picture = Image.fromarray(np.ascontiguousarray(image))
+        else:
+            picture = to_rgb(image)
+            if meta.channels == 1:
+                picture = picture.convert("L")
         if picture.size != (meta.width, meta.height):
             picture = picture.resize((meta.width, meta.height), Image.BILINEAR)
-        pixels = np.asarray(picture).reshape(1, meta.height, meta.width, meta.channels)
-        return self._lut[pixels]
+        return np.asarray(picture).reshape(meta.height, meta.width, meta.channels)
+
+    def _pixel_mapping(self):
+        """The fastest function mapping uint8 pixels through ``_lut``: one of a few vectorised
+        shortcuts if it gives the table's values for all 256 pixel values, else the lookup."""
+        lut = self._lut
+        low, high = self.metadata.pixel_range
+        shortcuts = (
+            lambda pixels: pixels,  # raw pixels into a uint8 input (tfseg's int8 exports)
+            lambda pixels: (pixels ^ np.uint8(0x80)).view(np.int8),  # pixel - 128 into an int8 input
+            lambda pixels: pixels.astype(np.float32),  # raw pixels into a float input
+            lambda pixels: low + pixels.astype(np.float32) * ((high - low) / 255.0),  # the table's own operations
+        )
+        values = np.arange(256, dtype=np.uint8)
+        for shortcut in shortcuts:
+            mapped = shortcut(values)
+            if mapped.dtype == lut.dtype and np.array_equal(mapped, lut):
+                return shortcut
+        return lambda pixels: np.take(lut, pixels)
 
     def _pixel_table(self) -> np.ndarray:
         """The model input value for each 8-bit pixel value 0..255.
@@ -375,6 +351,8 @@ class Segmenter:
     def predict(self, image) -> np.ndarray:
         """The class map of an image, at the image's own size.
 
+        The times of its steps are kept in ``last_times`` (and of ``invoke()`` in ``last_invoke_ms``).
+
         Args:
           image: a path, PIL image or numpy array of any size and mode (see ``load_image``).
 
@@ -385,9 +363,29 @@ class Segmenter:
         Raises:
           FileNotFoundError, ImageError: the image cannot be read.
         """
-        picture = load_image(image)
-        width, height = picture.size
-        return self.postprocess(self.run(self.preprocess(picture))[0], height, width)
+        start = time.perf_counter()
+        if _is_rgb_frame(image):
+            height, width = image.shape[:2]
+        else:
+            image = load_image(image)
+            width, height = image.size
+        self.interpreter.set_tensor(self._input["index"], self.preprocess(image))
+        ready = time.perf_counter()
+        self.interpreter.invoke()
+        done = time.perf_counter()
+        # A view of the output tensor rather than get_tensor's copy (a 1.9 MB one for full-size
+        # logits). postprocess makes a new array, and the view is gone before the next invoke(),
+        # which refuses to run while one exists.
+        output = self.interpreter.tensor(self._output["index"])()[0]
+        try:
+            class_map = self.postprocess(output, height, width)
+        finally:
+            del output
+        end = time.perf_counter()
+        self.last_invoke_ms = (done - ready) * 1000.0
+        self.last_times = {"preprocess_ms": (ready - start) * 1000.0, "invoke_ms": self.last_invoke_ms,
+                           "postprocess_ms": (end - done) * 1000.0, "end_to_end_ms": (end - start) * 1000.0}
+        return class_map
 
     def postprocess(self, output: np.ndarray, height: int, width: int) -> np.ndarray:
         """The class map of an image of (height, width) from the model's raw output (``run(...)[0]``).
@@ -397,19 +395,19 @@ class Segmenter:
         the module docstring).
 
         Returns:
-          (height, width) class ids: uint8 for up to 256 classes, else int32.
+          (height, width) class ids: uint8 for up to 256 classes, else int32 (a new array).
         """
         meta = self.metadata
-        dtype = np.uint8 if meta.num_classes <= 256 else np.int32
-        up = meta.upsampling
-        if up is not None and meta.output_kind == "low_res_logits" and self.logits_upsampling == "bilinear":
-            output = upsample_bilinear(output, up, meta.height, meta.width)
-            up = None  # now on the input pixels
         # Argmax straight on int8/uint8 outputs: dequantization (positive scale) keeps the order.
+        if self._bilinear is not None:
+            return resize_nearest(self._bilinear(output), height, width)
+        dtype = np.uint8 if meta.num_classes <= 256 else np.int32
+        # np.argmax over the short class axis works pixel by pixel, but it is still numpy's fastest
+        # here: a running maximum over class planes would first need a transposed copy of the output.
         class_map = (output if meta.output_kind == "class_map" else np.argmax(output, axis=-1)).astype(dtype)
-        if up is None:
+        if meta.upsampling is None:
             return resize_nearest(class_map, height, width)
-        return resize_low_res_nearest(class_map, up, self.input_size, height, width)
+        return resize_low_res_nearest(class_map, meta.upsampling, self.input_size, height, width)
 
     def colorize(self, class_map: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 colours of a class map, from the model's palette."""
