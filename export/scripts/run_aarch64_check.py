@@ -4,16 +4,16 @@
 Prepare once with ``bash export/scripts/setup_aarch64_check.sh`` (Debian arm64 userland plus the
 aarch64 wheels of each runtime). Then::
 
-    python export/scripts/run_aarch64_check.py MODEL.tflite IMAGE [--runtime litert tflite-runtime]
+    python export/scripts/run_aarch64_check.py MODEL.tflite IMAGE [IMAGE ...] [--runtime litert tflite-runtime]
 
-For each runtime the same small program (this file, ``--inner``) segments IMAGE twice:
+For each runtime the same small program (this file, ``--inner``) segments the images twice:
 
 - under ``qemu-aarch64-static -L ROOT ROOT/usr/bin/python3.11`` with the aarch64 wheels, and
 - natively with the host Python and the same runtime built for x86_64,
 
-and prints one summary line per run (machine, runtime, class map size and SHA-256, class counts)
-and MATCH or DIFFER per runtime (with the share of equal pixels and the largest difference of the
-raw int8 outputs). Exit status 0 only if every runtime matched exactly (or, with ``--max-lsb N``,
+and prints one summary line per run (machine, runtime, class map sizes, the SHA-256 of all class
+maps, class counts over all images) and MATCH or DIFFER per runtime (with the share of equal
+pixels, over all images and per image, and the largest difference of the raw int8 outputs). Exit status 0 only if every runtime matched exactly (or, with ``--max-lsb N``,
 its raw outputs differ by at most N quantization steps). ``--native-kernels tflite-runtime`` runs
 the host side on TFLite's reference kernels: tflite-runtime 2.14's optimised x86_64 int8 kernels
 round differently from the reference (up to 6 steps on a CamVid student), its aarch64 build
@@ -47,18 +47,25 @@ DEFAULT_CPU = os.environ.get("TFSEG_AARCH64_CPU", "cortex-a72")
 RUNTIMES = ("litert", "tflite-runtime")
 
 
-def inner(model: str, image: str, runtime: str, threads: int, save: str | None, reference: bool = False) -> int:
-    """Segments one image and prints one JSON line describing the result (runs on either machine)."""
+def inner(model: str, images: list, runtime: str, threads: int, save: str | None, reference: bool = False) -> int:
+    """Segments the images and prints one JSON line describing the results (runs on either machine)."""
     sys.path.insert(0, str(EXPORT_DIR))
     import numpy as np
 
     from tfseg_lite import Segmenter
 
     seg = Segmenter(model, num_threads=threads, runtime=runtime, reference_kernels=reference)
-    class_map = seg.predict(image)
-    if save:  # the raw output too: it shows how far apart two runs are when class maps differ
-        np.savez(save, class_map=class_map, output=seg.interpreter.get_tensor(seg._output["index"]))
-    counts = np.bincount(class_map.ravel().astype(np.int64), minlength=seg.metadata.num_classes)
+    class_maps, outputs = [], []
+    for image in images:
+        class_maps.append(seg.predict(image))
+        outputs.append(seg.interpreter.get_tensor(seg._output["index"]))
+    if save:  # the raw outputs too: they show how far apart two runs are when class maps differ
+        np.savez(save, **{f"class_map_{i}": m for i, m in enumerate(class_maps)},
+                 **{f"output_{i}": out for i, out in enumerate(outputs)})
+    digest = hashlib.sha256()
+    for class_map in class_maps:
+        digest.update(np.ascontiguousarray(class_map).tobytes())
+    counts = sum(np.bincount(m.ravel().astype(np.int64), minlength=seg.metadata.num_classes) for m in class_maps)
     print(
         json.dumps(
             {
@@ -66,9 +73,9 @@ def inner(model: str, image: str, runtime: str, threads: int, save: str | None, 
                 "python": platform.python_version(),
                 "runtime": seg.runtime.label + (" (reference kernels)" if reference else ""),
                 "numpy": np.__version__,
-                "shape": list(class_map.shape),
-                "dtype": str(class_map.dtype),
-                "sha256": hashlib.sha256(np.ascontiguousarray(class_map).tobytes()).hexdigest(),
+                "shapes": [list(m.shape) for m in class_maps],
+                "dtype": str(class_maps[0].dtype),
+                "sha256": digest.hexdigest(),  # of all class maps, in order (one image: its class map's)
                 "counts": counts.tolist(),
                 "invoke_ms": round(seg.last_invoke_ms, 1),
                 "tensorflow_imported": "tensorflow" in sys.modules,
@@ -100,7 +107,7 @@ def _env(pythonpath) -> dict:
     return env
 
 
-def emulated(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float, cpu: str = DEFAULT_CPU) -> dict:
+def emulated(root: Path, runtime: str, model: Path, images, threads: int, save, timeout: float, cpu: str = DEFAULT_CPU) -> dict:
     """The ``--inner`` run on the emulated aarch64 Python with ``runtime``'s aarch64 wheels."""
     qemu = shutil.which("qemu-aarch64-static")
     python = root / "usr/bin/python3.11"
@@ -108,13 +115,13 @@ def emulated(root: Path, runtime: str, model: Path, image: Path, threads: int, s
     if not qemu or not python.exists() or not (site / ".tfseg-done").exists():
         raise RuntimeError(f"the aarch64 check is not set up ({root}): run bash {EXPORT_DIR}/scripts/setup_aarch64_check.sh")
     command = [qemu, "-cpu", cpu, "-L", str(root), str(python), str(Path(__file__).resolve()), "--inner",
-               "--runtime", runtime, "--threads", str(threads), str(model), str(image)]
+               "--runtime", runtime, "--threads", str(threads), str(model), *map(str, images)]
     if save:
         command += ["--save", str(save)]
     return _run(command, _env([EXPORT_DIR, site]), timeout)
 
 
-def native(root: Path, runtime: str, model: Path, image: Path, threads: int, save, timeout: float,
+def native(root: Path, runtime: str, model: Path, images, threads: int, save, timeout: float,
            reference: bool = False) -> dict:
     """The same ``--inner`` run with the host Python (x86_64) and its build of ``runtime``."""
     paths = [EXPORT_DIR]
@@ -123,7 +130,7 @@ def native(root: Path, runtime: str, model: Path, image: Path, threads: int, sav
         paths.append(host_site)  # put there by the setup script; the host venv has only ai-edge-litert
     # The host's own site-packages (numpy, Pillow, ai-edge-litert) stay visible: only the user site is cut.
     command = [sys.executable, str(Path(__file__).resolve()), "--inner", "--runtime", runtime,
-               "--threads", str(threads), str(model), str(image)]
+               "--threads", str(threads), str(model), *map(str, images)]
     if save:
         command += ["--save", str(save)]
     if reference:
@@ -136,27 +143,36 @@ def native(root: Path, runtime: str, model: Path, image: Path, threads: int, sav
 def summary(label: str, result: dict) -> str:
     return (
         f"{label}: machine={result['machine']} python={result['python']} runtime={result['runtime']} "
-        f"numpy={result['numpy']} class_map={result['shape'][1]}x{result['shape'][0]} {result['dtype']} "
+        f"numpy={result['numpy']} class_maps={','.join(f'{w}x{h}' for h, w in result['shapes'])} {result['dtype']} "
         f"sha256={result['sha256'][:16]} counts={result['counts']} tensorflow_imported={result['tensorflow_imported']} "
         f"wall={result['wall_s']}s"
     )
 
 
 def compare(arm_file: Path, native_file: Path) -> dict:
-    """How far apart two saved runs are: equal-pixel share of the class maps, raw output max difference."""
+    """How far apart two saved runs are: equal-pixel share of the class maps (over all images and
+    per image), raw outputs' max difference."""
     import numpy as np
 
+    equal, pixels, per_image, max_diff = 0, 0, [], 0.0
     with np.load(arm_file) as a, np.load(native_file) as b:
-        maps_a, maps_b = a["class_map"], b["class_map"]
-        same_shape = maps_a.shape == maps_b.shape
-        agree = float((maps_a == maps_b).mean()) if same_shape else 0.0
-        out_a, out_b = a["output"].astype(np.float64), b["output"].astype(np.float64)
-        max_diff = float(np.abs(out_a - out_b).max()) if out_a.shape == out_b.shape else float("inf")
+        count = sum(name.startswith("class_map_") for name in a.files)
+        if count != sum(name.startswith("class_map_") for name in b.files):
+            raise ValueError(f"{arm_file} and {native_file} hold different numbers of class maps")
+        for i in range(count):
+            maps_a, maps_b = a[f"class_map_{i}"], b[f"class_map_{i}"]
+            same = int((maps_a == maps_b).sum()) if maps_a.shape == maps_b.shape else 0
+            equal, pixels = equal + same, pixels + maps_a.size
+            per_image.append(same / maps_a.size)
+            out_a, out_b = a[f"output_{i}"].astype(np.float64), b[f"output_{i}"].astype(np.float64)
+            diff = float(np.abs(out_a - out_b).max()) if out_a.shape == out_b.shape else float("inf")
+            max_diff = max(max_diff, diff)
     return {
-        "identical": same_shape and agree == 1.0,
-        "pixel_agreement": agree,
-        "pixels_differing": int(round((1.0 - agree) * maps_a.size)),
-        "pixels": int(maps_a.size),
+        "identical": equal == pixels,
+        "pixel_agreement": equal / pixels,
+        "image_agreement": per_image,
+        "pixels_differing": int(pixels - equal),
+        "pixels": int(pixels),
         "output_max_abs_diff": max_diff,
     }
 
@@ -164,7 +180,7 @@ def compare(arm_file: Path, native_file: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("image", type=Path)
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the arm64 userland (default $TFSEG_AARCH64_ROOT or ~/.cache/tfseg-lite/aarch64-root)")
     parser.add_argument("--cpu", default=DEFAULT_CPU, help="emulated CPU: cortex-a72 (Pi 4, default), cortex-a76 (Pi 5)")
@@ -181,7 +197,7 @@ def main(argv=None) -> int:
         "aarch64 build does not)",
     )
     parser.add_argument("--reference-kernels", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--save-dir", type=Path, default=None, help="keep each run's class map and raw output as RUNTIME-MACHINE.npz here")
+    parser.add_argument("--save-dir", type=Path, default=None, help="keep each run's class maps and raw outputs (class_map_I, output_I per image I) as RUNTIME-MACHINE.npz here")
     parser.add_argument("--no-native", action="store_true", help="only the emulated runs")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--json", action="store_true", help="print all results as one JSON object at the end")
@@ -189,9 +205,10 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
-        return inner(str(args.model), str(args.image), args.runtime[0], args.threads, args.save, args.reference_kernels)
+        return inner(str(args.model), [str(image) for image in args.images], args.runtime[0], args.threads, args.save,
+                     args.reference_kernels)
 
-    model, image = args.model.resolve(), args.image.resolve()
+    model, images = args.model.resolve(), [image.resolve() for image in args.images]
     host = platform.machine()
     results, ok = {}, True
     with tempfile.TemporaryDirectory(prefix="tfseg-aarch64-") as scratch:
@@ -200,7 +217,7 @@ def main(argv=None) -> int:
         for runtime in args.runtime:
             arm_file, native_file = save_dir / f"{runtime}-aarch64.npz", save_dir / f"{runtime}-{host}.npz"
             try:
-                arm = emulated(args.root, runtime, model, image, args.threads, arm_file, args.timeout, args.cpu)
+                arm = emulated(args.root, runtime, model, images, args.threads, arm_file, args.timeout, args.cpu)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"aarch64 {runtime}: FAILED\n{err}", file=sys.stderr)
                 ok = False
@@ -211,7 +228,7 @@ def main(argv=None) -> int:
             if args.no_native:
                 continue
             try:
-                x86 = native(args.root, runtime, model, image, args.threads, native_file, args.timeout,
+                x86 = native(args.root, runtime, model, images, args.threads, native_file, args.timeout,
                              runtime in args.native_kernels)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 print(f"{host} {runtime}: FAILED\n{err}", file=sys.stderr)
@@ -223,10 +240,12 @@ def main(argv=None) -> int:
             within = verdict["output_max_abs_diff"] <= args.max_lsb
             ok &= verdict["identical"] or within
             word = "MATCH" if verdict["identical"] else f"WITHIN {args.max_lsb:g} LSB" if within else "DIFFER"
+            per_image = "" if len(images) == 1 else " (per image: " + ", ".join(
+                f"{100 * share:.2f}%" for share in verdict["image_agreement"]) + ")"
             print(
-                f"{runtime}: {word} aarch64 vs {host}: class map "
-                f"{100 * verdict['pixel_agreement']:.2f}% equal ({verdict['pixels_differing']} of {verdict['pixels']} "
-                f"pixels differ), raw output max |diff| {verdict['output_max_abs_diff']:g}",
+                f"{runtime}: {word} aarch64 vs {host}: class maps "
+                f"{100 * verdict['pixel_agreement']:.2f}% equal{per_image}, {verdict['pixels_differing']} of "
+                f"{verdict['pixels']} pixels differ; raw output max |diff| {verdict['output_max_abs_diff']:g}",
                 flush=True,
             )
     if args.json:
