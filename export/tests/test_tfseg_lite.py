@@ -66,23 +66,34 @@ def blocky_images(count, seed=0, height=H, width=W):
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.float32)
 
 
-def tiny_net(num_classes=4, seed=0):
-    """A small int8-friendly net with the ops tfseg students use: conv, depthwise, add, concat, bilinear."""
+def tiny_net(num_classes=4, seed=0, size=(H, W), stride=2, padding=None):
+    """A small int8-friendly net with the ops tfseg students use: conv, depthwise, add, concat, bilinear.
+
+    Its logits are at ``stride`` (2 or 4) and it ends like a student: a bilinear UpSampling2D to
+    the (padded) input size, then, with ``padding`` ((top, bottom), (left, right)) added to the
+    input inside the model, the Cropping2D that drops it again (the window sits at (top, left)).
+    """
     from tfseg._keras import keras
 
+    assert stride in (2, 4)
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    inputs = layers.Input((H, W, 3))
+    inputs = layers.Input((*size, 3))
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    if padding:
+        x = layers.ZeroPadding2D(padding)(x)
     x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
     y = layers.DepthwiseConv2D(3, padding="same")(x)
     y = layers.Conv2D(16, 1, activation="relu")(y)
     x = layers.Add()([x, y])
+    if stride == 4:
+        x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
     z = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     z = layers.UpSampling2D(2, interpolation="bilinear")(z)
     x = layers.Concatenate()([x, z])
     x = layers.Conv2D(num_classes, 1)(x)
-    return keras.Model(inputs, layers.UpSampling2D(2, interpolation="bilinear")(x))
+    x = layers.UpSampling2D(stride, interpolation="bilinear")(x)
+    return keras.Model(inputs, layers.Cropping2D(padding)(x) if padding else x)
 
 
 @pytest.fixture(scope="session")
