@@ -79,7 +79,7 @@ def tiny_net(num_classes=4, seed=0, size=(H, W), stride=2, padding=None):
     keras.utils.set_random_seed(seed)
     layers = keras.layers
     inputs = layers.Input((*size, 3))
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inputs)  # the name tfseg's exporter looks for
     if padding:
         x = layers.ZeroPadding2D(padding)(x)
     x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
