@@ -36,9 +36,9 @@ def test_benchmark_scores_and_times_every_format(tmp_path, capsys):
     assert "| TFLite int8 |" in printed and (run / "benchmark" / "unet_int8.tflite").exists()
 
 
-def test_benchmark_rows_for_each_output(tmp_path, capsys):
+def test_benchmark_rows_for_each_output_and_profile(tmp_path, capsys):
     """Cut outputs: low-resolution logits upsampled by the runner score exactly what the full-resolution
-    float file scores; a class map is its own row."""
+    float file scores; a class map is its own row. Then the run's per-block profile."""
     run = tmp_path / "run"
     assert main(["train", "--model", "fastseg_tiny", "--crop-size", "32", "--epochs", "1", "--batch-size", "4",
                  "--no-augment", "--out", str(run), *tiny_scenes_options(8)]) == 0
@@ -51,3 +51,9 @@ def test_benchmark_rows_for_each_output(tmp_path, capsys):
     assert all(row["ms_1t"] > 0 and row["xnnpack_partitions"] >= 1 for row in list(rows.values())[1:])
     assert (run / "benchmark" / "fastseg_tiny_int8_class_map.tflite").exists()
     assert "| TFLite int8 low_res_logits |" in capsys.readouterr().out
+
+    # The same run through `tfseg profile`: LiteRT's operator times per block, float32 beside int8.
+    assert main(["profile", str(run), "--output", "low_res_logits", "--runs", "2", "--calibration-images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "output low_res_logits" in printed and "| float32 1t ms |" in printed and "| int8 1t ms |" in printed
+    assert "| [input] |" in printed  # the uint8 -> int8 QUANTIZE XNNPACK leaves to TFLite's kernels

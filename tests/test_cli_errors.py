@@ -92,7 +92,8 @@ def teacher_run(tmp_path_factory):
     ("calibrate", ["{run}"]),
     ("distill", ["--teacher", "{run}", "--out", "student", *TINY_SCENES]),
     ("benchmark", ["{run}"]),
-], ids=["prune", "quantize", "calibrate", "distill", "benchmark"])
+    ("profile", ["{run}"]),
+], ids=["prune", "quantize", "calibrate", "distill", "benchmark", "profile"])
 def test_missing_run_directory(tmp_path, command, args):
     run = tmp_path / "no_such_run"
     line = error_line(tfseg(command, *[a.format(run=run) for a in args], cwd=tmp_path), command)
