@@ -290,7 +290,7 @@ def _cmd_profile(args) -> int:
     calibration = None
     if "int8" in quantizations and not run.is_quantization_aware:
         # Real images: the ranges decide whether XNNPACK takes an int8 ADD (its scale-ratio limits).
-        calibration = representative_images(run.split(run.record.get("train_split", "train")), run.eval_size,
+        calibration = representative_images(run.train_split, run.eval_size,
                                             args.calibration_images)
     peaks = {}
     if args.peak:

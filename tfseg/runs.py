@@ -157,6 +157,11 @@ class Run:
         return seg_data.load(dataset or self.record["dataset"], name, **options)
 
     @property
+    def train_split(self):
+        """The split the run trained on (its own name for it, ``train`` by default)."""
+        return self.split(self.record.get("train_split", "train"))
+
+    @property
     def augment(self):
         """The run's augmentation (``tfseg.data.Augment``), or ``None`` if it trained without."""
         options = self.record.get("augment", {})
@@ -165,7 +170,7 @@ class Run:
     def training_data(self, size=None, batch_size: int | None = None, augment: bool = True, seed: int | None = None):
         """Batches of the train split as the run was fed them (crops of ``size``, default its crop size)."""
         return seg_data.train_pipeline(
-            self.split(self.record.get("train_split", "train")), tuple(size or self.crop_size),
+            self.train_split, tuple(size or self.crop_size),
             batch_size or self.batch_size, augment=self.augment if augment else None,
             seed=self.seed if seed is None else seed,
         )

@@ -96,7 +96,7 @@ def _exports(source: Run, model, config: BenchmarkConfig, folder: Path) -> dict:
         raise ConfigError(f"{source.path} is quantization-aware: it exports as int8 only")
     calibration = None
     if "int8" in formats and not source.is_quantization_aware:
-        calibration = representative_images(source.split(source.record.get("train_split", "train")),
+        calibration = representative_images(source.train_split,
                                             source.eval_size, config.calibration_images)
     paths = {}
     for name in formats:

@@ -108,7 +108,7 @@ def run(config: QATConfig, verbose="auto") -> Run:
         model = source.model(config.which, size=size)
         calibration = None
         if config.calibration_images:
-            calibration = representative_images(source.split(source.record.get("train_split", "train")), size,
+            calibration = representative_images(source.train_split, size,
                                                 config.calibration_images, seed=config.seed)
         qat = quantize_aware(model, preserve_sparsity=config.preserve_sparsity, calibration_data=calibration)
         distribute.synchronize_batch_norm(qat, strategy)

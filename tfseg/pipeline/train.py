@@ -155,7 +155,7 @@ def precise_bn_batches(config: TrainConfig, model) -> int:
 
 def total_steps(run: Run, epochs: int) -> int:
     """Optimizer steps of ``epochs`` over the run's train split (for decaying schedules)."""
-    images = len(run.split(run.record.get("train_split", "train")))
+    images = len(run.train_split)
     return -(-images // run.batch_size) * epochs
 
 
