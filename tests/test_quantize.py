@@ -28,7 +28,7 @@ from tfseg.tflite import run_tflite, tflite_ops, to_tflite_bytes
 layers = keras.layers
 SIZE = (32, 48)
 CLASSES = 3
-DEFAULT_FAMILIES = ("fastseg_tiny", "mobilenet_v2_lraspp", "unet_small")
+DEFAULT_FAMILIES = ("fastseg_tiny", "mobilenet_v2_lraspp", "searched", "unet_small")
 # Ops whose arithmetic must run in int8 in a full-integer model.
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
 

@@ -12,7 +12,8 @@ layers = keras.layers
 
 SHAPE = (16, 24, 3)
 # The small segmentation models meant for devices (distillation students); the others are teachers.
-STUDENTS = ("fastseg_tiny", "mobilenet_v2_lraspp", "mobilenet_v2_deeplabv3plus", "mobilenet_v2_fcn", "unet_small")
+STUDENTS = ("fastseg_tiny", "mobilenet_v2_lraspp", "mobilenet_v2_deeplabv3plus", "mobilenet_v2_fcn", "searched",
+            "unet_small")
 TEACHERS = ("unet", "fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "googlenet_fcn8s", "fcn_resnet18", "fcn_resnet50",
             "fcn_resnet101", "deeplabv3_resnet18", "deeplabv3_resnet50", "deeplabv3_resnet101",
             "deeplabv3_mobilenet_v2")

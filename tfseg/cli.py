@@ -14,11 +14,14 @@
     tfseg profile RUN_DIR                  where LiteRT spends the time: ms, MACs and GMAC/s per block of layers
     tfseg calibrate RUN_DIR                logit adjustment of a class-weighted run, chosen on val
     tfseg check-data --dataset camvid      decode every file of a split and report the first bad one
+    tfseg latency-table FILE --input-size  the NAS latency table: every block of a search space timed in LiteRT
+    tfseg search --dataset camvid ...      latency-aware architecture search; writes the derived net's JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -238,6 +241,68 @@ def _cmd_calibrate(args) -> int:
     print(f"\nlogit adjustment strength {summary['strength']} chosen on {args.split}: mIoU "
           f"{100 * summary['miou_before']:.2f} -> {100 * summary['miou_after']:.2f}; "
           f"best.keras adjusted, original kept as {calibrate.UNCALIBRATED}.keras")
+    return 0
+
+
+def _space_option(text) -> dict:
+    """``--space``: a SearchSpace as JSON text or a JSON file ({} for the default space)."""
+    if not text:
+        return {}
+    source = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        return json.loads(source)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--space {text!r}: neither a JSON file nor JSON text ({error})") from None
+
+
+def _cmd_latency_table(args) -> int:
+    from tfseg.nas.latency_table import LatencyTable, keys_for_space
+    from tfseg.nas.space import SearchSpace
+
+    path = Path(args.table)
+    space = SearchSpace.from_dict(_space_option(args.space)) if args.space else None
+    if path.exists():
+        table = LatencyTable.load(path, verbose=args.verbose)
+        if args.input_size or args.dtype:
+            table.check_compatible(args.input_size or table.input_size, args.dtype or table.dtype)
+    else:
+        if not args.input_size or args.num_classes is None:
+            raise ConfigError(f"{path} does not exist: a new table needs --input-size and --num-classes")
+        table = LatencyTable(args.input_size, args.num_classes, args.dtype or "int8", args.threads,
+                             space=space or SearchSpace(), path=path, runs=args.runs, warmup=args.warmup,
+                             verbose=args.verbose)
+    if space is None:
+        space = SearchSpace.from_dict(table.meta["space"]) if table.meta.get("space") else SearchSpace()
+    classes = args.num_classes if args.num_classes is not None else table.meta["num_classes"]
+    start = time.time()
+    table.ensure([*keys_for_space(space, classes), *args.key])
+    table.save()
+    rejected = table.rejected()
+    print(f"{table.path}: {len(table.entries)} entries ({len(rejected)} rejected), "
+          f"{table.meta['machine'].get('cpu')}, ai-edge-litert {table.meta['runtime'].get('version')}, "
+          f"{time.time() - start:.0f} s")
+    for key, reason in rejected.items():
+        print(f"  rejected {key}: {reason}")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from tfseg.pipeline import search
+
+    config = search.SearchConfig(
+        out_dir=args.out, dataset=args.dataset, data_options=_data_options(args), space=_space_option(args.space),
+        proxy_size=args.proxy_size, deploy_size=args.deploy_size, latency_table=args.latency_table,
+        latency_threads=args.latency_threads, latency_weight=args.latency_weight, latency_band=args.latency_band,
+        batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs, learning_rate=args.lr,
+        arch_learning_rate=args.arch_lr, teacher_run=args.teacher, lbt=args.lbt, lbt_student=args.lbt_student,
+        teaching_weight=args.teaching_weight, seed=args.seed)
+    architecture = search.run(config)
+    record = search.read_record(args.out)
+    print(f"\nderived network: predicted {record['predicted_ms']:.2f} ms int8 at "
+          f"{config.deploy_size[0]}x{config.deploy_size[1]}, {config.latency_threads} thread(s); "
+          f"branches ending at 1/{', 1/'.join(map(str, architecture.branch_scales))}\n"
+          f"  -> {args.out}/architecture.json; train it with: tfseg distill --model searched "
+          f"--model-option architecture={args.out}/architecture.json ...")
     return 0
 
 
@@ -570,6 +635,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(c, default_dataset="camvid")
     c.add_argument("--splits", nargs="+", default=["train", "val", "test"])
     c.set_defaults(func=_cmd_check_data)
+
+    lt = sub.add_parser("latency-table", help="measure (or extend) the NAS latency table: every block of a search "
+                                              "space, int8 or float, timed alone in LiteRT")
+    lt.add_argument("table", help="the table's JSON (created when missing, else extended)")
+    lt.add_argument("--input-size", type=parse_size, help="deployment size HxW of a new table (checked on an old one)")
+    lt.add_argument("--num-classes", type=int, help="classes of the head (default: the table's)")
+    lt.add_argument("--dtype", choices=("int8", "float32"), help="of a new table (default int8)")
+    lt.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts of a new table")
+    lt.add_argument("--space", help="SearchSpace as JSON text or file (default: the table's, else the default space)")
+    lt.add_argument("--key", action="append", default=[], help="one more entry to measure (repeatable)")
+    lt.add_argument("--runs", type=int, default=20, help="timed invokes per block and thread count")
+    lt.add_argument("--warmup", type=int, default=3)
+    lt.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="progress bar (default: auto)")
+    lt.set_defaults(func=_cmd_latency_table)
+
+    sr = sub.add_parser("search", help="latency-aware architecture search (FasterSeg-style space, LiteRT latency table)")
+    _add_data_args(sr)
+    sr.add_argument("--out", required=True, help="search directory (resumes a killed search)")
+    sr.add_argument("--space", help="SearchSpace as JSON text or file (default: the default space)")
+    sr.add_argument("--proxy-size", type=parse_size, default=(64, 64), help="size the supernet trains at")
+    sr.add_argument("--deploy-size", type=parse_size, default=(96, 96), help="size the latency is measured at")
+    sr.add_argument("--latency-table", help="table file (default OUT/latency_table.json, measured on demand)")
+    sr.add_argument("--latency-threads", type=int, default=1, help="thread count the search optimises (default 1)")
+    sr.add_argument("--latency-weight", type=float, default=0.01, help="w of the latency term (FasterSeg 0.01)")
+    sr.add_argument("--latency-band", type=float, nargs=2, metavar=("LOW_MS", "HIGH_MS"),
+                    help="adapt w after each epoch: doubled above HIGH, halved below LOW")
+    sr.add_argument("--batch-size", type=int, default=8)
+    sr.add_argument("--epochs", type=int, default=4)
+    sr.add_argument("--warmup-epochs", type=int, default=2, help="epochs of weight steps before the search starts")
+    sr.add_argument("--lr", type=float, default=0.02, help="SGD learning rate of the supernet's weights")
+    sr.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of the architecture")
+    sr.add_argument("--teacher", metavar="RUN_DIR", help="distil this run's logits into the supernet's weight steps")
+    sr.add_argument("--lbt", action="store_true", help="learning by teaching (a student taught on held-out images)")
+    sr.add_argument("--lbt-student", default="fastseg_tiny", help="zoo model of the LBT student")
+    sr.add_argument("--teaching-weight", type=float, default=1.0, help="gamma of the LBT term")
+    sr.add_argument("--seed", type=int, default=0)
+    sr.set_defaults(func=_cmd_search)
     return parser
 
 

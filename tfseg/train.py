@@ -87,6 +87,15 @@ def make_optimizer(
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def tracked_metrics(model) -> list:
+    """The metrics of a model with its own ``train_step``: its ``_trackers`` (a dict of Keras metrics)
+    and the compiled ones, listed so that Keras resets them at each epoch."""
+    listed = list(getattr(model, "_trackers", {}).values())
+    if getattr(model, "compiled_metrics", None) is not None:
+        listed += model.compiled_metrics.metrics
+    return listed
+
+
 def segmentation_metrics(num_classes: int) -> list:
     """The metrics shown in the progress bar: mean IoU and pixel accuracy."""
     return [seg_metrics.MeanIoU(num_classes, name="miou"), seg_metrics.PixelAccuracy(num_classes, name="pixel_accuracy")]

@@ -22,7 +22,7 @@ from tfseg.distill import taps
 from tfseg.distill.losses import DistillationLoss, PixelKD
 from tfseg.errors import ConfigError
 from tfseg.losses import SegmentationCrossEntropy
-from tfseg.train import segmentation_metrics
+from tfseg.train import segmentation_metrics, tracked_metrics
 
 
 class Distiller(keras.Model):
@@ -145,11 +145,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        # Listed so that Keras resets them at each epoch; the compiled ones exist once built.
-        listed = list(getattr(self, "_trackers", {}).values())
-        if getattr(self, "compiled_metrics", None) is not None:
-            listed += self.compiled_metrics.metrics
-        return listed
+        return tracked_metrics(self)
 
     # ---------------------------------------------------------------- the step
 

@@ -24,6 +24,7 @@ from tfseg.models.fcn_vgg import build_fcn_vgg16
 from tfseg.models.googlenet import build_googlenet_fcn
 from tfseg.models.lite import build_fastseg_tiny, build_mobilenet_v2_deeplabv3plus, build_mobilenet_v2_lraspp
 from tfseg.models.profiling import format_profile, layer_table, profile
+from tfseg.models.searched import build_searched_net
 from tfseg.models.unet import build_unet
 
 SEGMENTATION = "segmentation"
@@ -55,6 +56,7 @@ _REGISTRY: dict[str, ModelEntry] = {
     "mobilenet_v2_fcn": ModelEntry(build_mobilenet_v2_lraspp, {"head": "fcn"}),
     "mobilenet_v2_deeplabv3plus": ModelEntry(build_mobilenet_v2_deeplabv3plus, {}),
     "fastseg_tiny": ModelEntry(build_fastseg_tiny, {}),
+    "searched": ModelEntry(build_searched_net, {}),
     "resnet18_cifar": ModelEntry(build_resnet18_cifar, {}, CLASSIFICATION),
     "cnn5": ModelEntry(build_cnn5, {}, CLASSIFICATION),
 }
@@ -149,6 +151,7 @@ __all__ = [
     "build_mobilenet_v2_deeplabv3plus",
     "build_mobilenet_v2_lraspp",
     "build_resnet18_cifar",
+    "build_searched_net",
     "build_unet",
     "copy_weights",
     "endpoints",

@@ -18,6 +18,9 @@ order, with ``stage`` naming its kind and the other keys the fields of that kind
     model = "unet"
     model_options = { width = 8, depth = 3 }
 
+    [searched]                    # architecture search; then e.g. a distill stage with
+    stage = "search"              # model = "searched", model_options = { architecture = "searched" }
+
     [int8]
     stage = "export"
     run_dir = "student"
@@ -36,7 +39,7 @@ from pathlib import Path
 
 from tfseg import distribute
 from tfseg.errors import ConfigError
-from tfseg.pipeline import calibrate, distill, export, prune, quantize, train
+from tfseg.pipeline import calibrate, distill, export, prune, quantize, search, train
 from tfseg.runs import Run
 
 # kind -> (config class, the function that runs it)
@@ -47,6 +50,7 @@ STAGES = {
     "quantize": (quantize.QATConfig, quantize.run),
     "calibrate": (calibrate.CalibrateConfig, calibrate.run),
     "export": (export.ExportConfig, export.run),
+    "search": (search.SearchConfig, search.run),
 }
 CHAIN_KEYS = ("out", "dataset", "data_options")
 # Keys whose value may name an earlier stage, standing for the run directory it writes.
@@ -71,6 +75,8 @@ class Stage:
     def finished(self) -> bool:
         if self.kind == "export":
             return Path(f"{self.output}.report.json").exists() and self.output.exists()
+        if self.kind == "search":
+            return search.is_finished(self.output)
         if self.kind == "calibrate":
             return self.output.joinpath("run.json").exists() and bool(Run.open(self.output).record.get("logit_adjustment"))
         return (self.output / "run.json").exists() and Run.open(self.output).finished
@@ -119,8 +125,11 @@ def _config(name: str, table: dict, chain: dict, outputs: dict):
     for key in RUN_KEYS:
         if isinstance(values.get(key), str) and values[key] in outputs:
             values[key] = str(outputs[values[key]])
+    architecture = values.get("model_options", {}).get("architecture")
+    if isinstance(architecture, str) and architecture in outputs:  # a search stage's name: the net it derived
+        values["model_options"] = {**values["model_options"], "architecture": str(outputs[architecture] / "architecture.json")}
     for key in ("dataset", "data_options"):
-        if kind in ("train", "distill") and key not in values and key in chain:
+        if kind in ("train", "distill", "search") and key not in values and key in chain:
             values[key] = chain[key]
     out = Path(chain.get("out", "tfseg_chain"))
     if kind == "export":
