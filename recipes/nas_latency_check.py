@@ -26,8 +26,8 @@ import numpy as np
 from tfseg import models
 from tfseg.nas.arch_params import random_architecture
 from tfseg.nas.expected_latency import LatencyModel
-from tfseg.nas.latency_table import LatencyTable, keys_for_space
-from tfseg.nas.space import SearchSpace
+from tfseg.nas.latency_table import LatencyTable, cell_key, is_identity, keys_for_space
+from tfseg.nas.space import SearchSpace, space_document
 from tfseg.tflite import litert_latencies, random_images, to_tflite_bytes
 from tfseg.xnnpack import delegation
 
@@ -35,12 +35,24 @@ NUM_CLASSES = 11
 RESULTS = Path("docs/results/nas_latency_check.json")
 
 
-def spread_sample(space, predict, count: int, pool: int, rng) -> list:
-    """``count`` random nets at evenly spaced predicted latencies from a pool of ``pool`` random nets."""
-    candidates = sorted((predict(arch), i, arch) for i, arch in enumerate(random_architecture(space, rng)
-                                                                           for _ in range(pool)))
-    picks = np.linspace(0, len(candidates) - 1, count).round().astype(int)
-    return [candidates[i][2] for i in picks]
+def op_costs(table, space) -> dict:
+    """Each op's table cost at 1/8 and the widest width (identity skip: 0), to rank ops by cost."""
+    width = space.cell_width_choices(8)[-1]
+    return {op: 0.0 if is_identity(key := cell_key(op, 8, 1, width, width)) else table.lookup(key)
+            for op in space.ops}
+
+
+def tilted_pool(space, costs, size: int, rng) -> list:
+    """``size`` random nets, each drawn at a uniform random tilt towards cheap or costly choices, so the
+    pool covers the space's latency range instead of bunching in its middle (uniform choices average out)."""
+    return [random_architecture(space, rng, tilt=float(rng.uniform(-1, 1)), op_costs=costs) for _ in range(size)]
+
+
+def spread_sample(candidates, predict, count: int) -> list:
+    """``count`` of ``candidates`` at evenly spaced predicted latencies."""
+    ranked = sorted((predict(arch), i, arch) for i, arch in enumerate(candidates))
+    picks = np.linspace(0, len(ranked) - 1, count).round().astype(int)
+    return [ranked[i][2] for i in picks]
 
 
 def measure_nets(archs, size, threads, runs: int) -> list:
@@ -64,23 +76,27 @@ def main(argv=None):
     parser.add_argument("--pool", type=int, default=400)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--space", help="SearchSpace as JSON text or file (default: the default space)")
+    parser.add_argument("--results", default=str(RESULTS), help=f"where the report goes (default {RESULTS})")
     args = parser.parse_args(argv)
     size = tuple(int(s) for s in args.size.split("x"))
-    space = SearchSpace()
+    space = SearchSpace.from_dict(space_document(args.space)) if args.space else SearchSpace()
     threads = (1, 2)
     start = time.time()
     path = Path(args.table)
     table = (LatencyTable.load(path) if path.exists() else
              LatencyTable(size, NUM_CLASSES, "int8", threads, space=space, path=path, runs=args.runs))
-    table.check_compatible(size, "int8", num_classes=NUM_CLASSES)
+    table.check_compatible(size, "int8", num_classes=NUM_CLASSES, space=space)
     table.ensure(keys_for_space(space, NUM_CLASSES))
     table_seconds = time.time() - start
     rng = np.random.default_rng(args.seed)
     latency = {t: LatencyModel(table, space, NUM_CLASSES, threads=t) for t in threads}
-    nets = spread_sample(space, lambda a: latency[1].predict(a, corrected=False), args.nets, args.pool, rng)
-    calibration = [random_architecture(space, rng) for _ in range(args.calibration_nets)]
+    costs = op_costs(table, space)
+    nets = spread_sample(tilted_pool(space, costs, args.pool, rng), lambda a: latency[1].predict(a, corrected=False),
+                         args.nets)
+    calibration = tilted_pool(space, costs, args.calibration_nets, rng)
     measured = measure_nets(nets + calibration, size, threads, args.runs)
-    report = {"table": str(path), "table_meta": {k: v for k, v in table.meta.items() if k != "corrections"},
+    report = {"table": str(path), "space": space.to_dict(), "table_meta": {k: v for k, v in table.meta.items() if k != "corrections"},
               "table_seconds": round(table_seconds, 1), "summary": {},
               "nets": [{"architecture": arch.to_dict(), "partitions": m["partitions"]} for arch, m in zip(nets, measured)]}
     for t in threads:
@@ -97,8 +113,9 @@ def main(argv=None):
         for entry, m, r, c in zip(report["nets"], truth, raw, corrected):
             entry.update({f"measured_ms_{t}": float(m), f"table_sum_ms_{t}": float(r), f"corrected_ms_{t}": float(c)})
     table.save()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"\ntable: {len(table.entries)} entries ({table_seconds:.0f} s), {table.meta['machine']}, "
           f"{table.meta['runtime']}\n")
     print("| net | partitions | " + " | ".join(f"{t} thr: measured / table / corrected ms" for t in threads) + " |")

@@ -9,9 +9,9 @@ import pytest
 
 from tfseg import models
 from tfseg.errors import ConfigError
-from tfseg.nas.arch_params import ArchParameters, beta_mask, most_probable_path, path_probabilities
+from tfseg.nas.arch_params import ArchParameters, beta_mask, most_probable_path, path_probabilities, random_architecture
 from tfseg.nas.architecture import Architecture, Cell, reference_architecture
-from tfseg.nas.space import SearchSpace, feature_sizes
+from tfseg.nas.space import SearchSpace, feature_sizes, space_document
 
 TINY = SearchSpace(num_layers=3, cell_widths=(8, 16, 32), width_ratios=(0.5, 1.0), stem_widths=(4, 8, 8), head_width=8)
 
@@ -97,3 +97,32 @@ def test_one_hot_parameters_derive_their_architecture_and_paths():
     params.beta.assign(beta * 20)
     assert most_probable_path(params.probabilities()["beta"].numpy(), 2) == [0, 1, 2]
     assert most_probable_path(params.probabilities()["beta"].numpy(), 0) == [0, 0, 0]
+
+
+def test_tilted_random_nets_lean_to_the_cheap_or_the_costly_choices():
+    space = SearchSpace(num_layers=6)
+    costs = {"skip": 0.0, "sep_conv3x3": 1.0, "zoomed_conv": 2.0, "conv3x3": 3.0, "conv3x3_x2": 4.0}
+
+    def mean_cost_and_width(tilt):
+        rng = np.random.default_rng(0)
+        cells = [cell for _ in range(20) for branch in random_architecture(space, rng, tilt, costs).branches
+                 for cell in branch]
+        return np.mean([costs[c.op] for c in cells]), np.mean([c.width / max(space.cell_width_choices(c.scale))
+                                                                for c in cells])
+    cheap, uniform, costly = (mean_cost_and_width(t) for t in (-1.0, 0.0, 1.0))
+    assert cheap[0] < 0.5 < uniform[0] - 1.0 < costly[0] - 2.0  # op cost: ~0, ~2, ~4
+    assert cheap[1] < uniform[1] < costly[1]
+    with pytest.raises(ValueError, match="tilt"):
+        random_architecture(space, np.random.default_rng(0), tilt=1.5)
+
+
+def test_space_option_reads_json_text_or_a_file_and_names_bad_input(tmp_path):
+    assert space_document("") == {}
+    assert SearchSpace.from_dict(space_document('{"num_layers": 4}')).num_layers == 4
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"cell_widths": [16, 32, 64]}))
+    assert space_document(str(path)) == {"cell_widths": [16, 32, 64]}
+    with pytest.raises(ConfigError, match="neither a JSON file nor JSON text"):
+        space_document("{num_layers: 4")
+    with pytest.raises(ConfigError, match="JSON object"):
+        space_document("[4]")

@@ -59,15 +59,17 @@ def test_a_table_from_another_runtime_is_refused(tmp_path, capsys):
 def test_search_resumes_and_its_net_builds_as_a_zoo_model(tmp_path):
     config = dict(out_dir=str(tmp_path / "s"), data_options={"num_images": 16}, space=SPACE.to_dict(),
                   proxy_size=(64, 64), deploy_size=(64, 64), latency_table=filled_table(tmp_path / "t.json", classes=6),
-                  batch_size=4, warmup_epochs=1, latency_band=(0.0, 1.0))
+                  batch_size=4, warmup_epochs=1, latency_band=(0.0, 1.0), augment={"scale": (0.75, 1.25)})
     search.run(search.SearchConfig(**config, epochs=1), verbose=0)
     assert not search.is_finished(tmp_path / "s") or search.read_record(tmp_path / "s")["epochs_run"] == 1
-    (tmp_path / "s" / "search.json").unlink()  # as if killed after its first epoch: the state is kept
+    killed = {**search.read_record(tmp_path / "s"), "complete": False, "search_seconds": 1000.0}
+    (tmp_path / "s" / "search.json").write_text(json.dumps(killed))  # as if killed after its first epoch
     architecture = search.run(search.SearchConfig(**config, epochs=2), verbose=0)
     history = [json.loads(line) for line in (tmp_path / "s" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]  # the second run resumed at epoch 2
     record = search.read_record(tmp_path / "s")
     assert record["complete"] and record["parts"] == {"scenes/train[weights]": 8, "scenes/train[architecture]": 8}
+    assert 1000 < record["search_seconds"] < 1000 + 600  # the killed attempt's time plus this one's
     assert (tmp_path / "s" / "search.png").exists()
     model = models.build("searched", (64, 64, 3), 6, architecture=str(tmp_path / "s" / "architecture.json"))
     assert model.output_shape == (None, 64, 64, 6) and architecture.space == SPACE

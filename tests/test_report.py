@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from tfseg.data.info import DatasetInfo
-from tfseg.report import colourize, overlay_panel, plot_confusion, plot_curves, save_png
+from tfseg.report import colourize, overlay_panel, pareto_front, plot_confusion, plot_curves, plot_pareto, save_png
 
 INFO = DatasetInfo("t", ("a", "b", "c"), ((255, 0, 0), (0, 255, 0), (0, 0, 255)))
 
@@ -40,3 +40,14 @@ def test_plots_are_written(tmp_path):
     cm = np.array([[5, 1, 0], [0, 3, 1], [2, 0, 9]])
     img = Image.open(plot_confusion(cm, INFO.class_names, tmp_path / "cm.png"))
     assert img.size[0] > 100 and img.size[1] > 100
+
+
+def test_pareto_front_keeps_only_undominated_points_and_is_plotted(tmp_path):
+    points = [{"label": "fast", "latency_ms": 5.0, "miou": 0.40, "group": "hand"},
+              {"label": "slow_good", "latency_ms": 9.0, "miou": 0.55, "group": "hand"},
+              {"label": "dominated", "latency_ms": 7.0, "miou": 0.39, "group": "hand"},
+              {"label": "tie_slower", "latency_ms": 6.0, "miou": 0.40, "group": "searched"},
+              {"label": "middle", "latency_ms": 7.0, "miou": 0.50, "group": "searched"}]
+    assert [p["label"] for p in pareto_front(points)] == ["fast", "middle", "slow_good"]
+    out = plot_pareto(points, tmp_path / "pareto.png", title="t")
+    assert out.exists() and out.stat().st_size > 1000

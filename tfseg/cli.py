@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from tfseg import options as names
 from tfseg.errors import ConfigError, DataError
+from tfseg.nas.space import space_document
 from tfseg.options import loss_spec, option_value
 from tfseg.options import size as parse_size
 from tfseg.tf_config import read_tf_config
@@ -244,23 +244,12 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
-def _space_option(text) -> dict:
-    """``--space``: a SearchSpace as JSON text or a JSON file ({} for the default space)."""
-    if not text:
-        return {}
-    source = Path(text).read_text() if Path(text).is_file() else text
-    try:
-        return json.loads(source)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--space {text!r}: neither a JSON file nor JSON text ({error})") from None
-
-
 def _cmd_latency_table(args) -> int:
     from tfseg.nas.latency_table import LatencyTable, keys_for_space
     from tfseg.nas.space import SearchSpace
 
     path = Path(args.table)
-    space = SearchSpace.from_dict(_space_option(args.space)) if args.space else None
+    space = SearchSpace.from_dict(space_document(args.space)) if args.space else None
     if path.exists():
         table = LatencyTable.load(path, verbose=args.verbose)
         if args.input_size or args.dtype:
@@ -290,7 +279,7 @@ def _cmd_search(args) -> int:
     from tfseg.pipeline import search
 
     config = search.SearchConfig(
-        out_dir=args.out, dataset=args.dataset, data_options=_data_options(args), space=_space_option(args.space),
+        out_dir=args.out, dataset=args.dataset, data_options=_data_options(args), space=space_document(args.space),
         proxy_size=args.proxy_size, deploy_size=args.deploy_size, latency_table=args.latency_table,
         latency_threads=args.latency_threads, latency_weight=args.latency_weight, latency_band=args.latency_band,
         batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs, learning_rate=args.lr,

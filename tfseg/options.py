@@ -65,6 +65,14 @@ def size(text: str) -> tuple[int, int]:
     return values
 
 
+def augment_options(value):
+    """A config's ``augment``: Augment options, ``{}`` for the defaults, ``None`` for none; chain files
+    may say ``true`` / ``false`` (TOML has no null)."""
+    if isinstance(value, bool):
+        return {} if value else None
+    return value
+
+
 def option_value(text: str):
     """A KEY=VALUE option's value: int, float, HxW size, a ``[a,b,...]`` list of these, or the text itself."""
     if text.startswith("[") and text.endswith("]"):

@@ -126,6 +126,37 @@ def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str 
     return _save_figure(plt, fig, path, dpi=100)
 
 
+def pareto_front(points: Sequence[dict], x: str = "latency_ms", y: str = "miou") -> list:
+    """The points no other point beats on both (lower ``x`` and higher ``y``, at least one strictly),
+    fastest first."""
+    def dominated(p):
+        return any(q[x] <= p[x] and q[y] >= p[y] and (q[x] < p[x] or q[y] > p[y]) for q in points)
+    return sorted((p for p in points if not dominated(p)), key=lambda p: p[x])
+
+
+def plot_pareto(points: Sequence[dict], path: str | os.PathLike, x: str = "latency_ms", y: str = "miou",
+                group: str = "group", label: str = "label", title: str = "") -> Path:
+    """Accuracy against latency, one marker per ``group``, every point labelled, the Pareto front as
+    a staircase."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    front = pareto_front(points, x, y)
+    ax.step([p[x] for p in front], [100 * p[y] for p in front], where="post", color="0.7", zorder=1,
+            label="Pareto front")
+    for marker, name in zip("osD^v", dict.fromkeys(p[group] for p in points)):
+        members = [p for p in points if p[group] == name]
+        ax.scatter([p[x] for p in members], [100 * p[y] for p in members], marker=marker, s=45, zorder=2, label=name)
+        for p in members:
+            ax.annotate(str(p[label]), (p[x], 100 * p[y]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xlabel(AXIS_LABELS.get(x, x.replace("_", " ")))
+    ax.set_ylabel(AXIS_LABELS.get(y, y.replace("_", " ")))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save_figure(plt, fig, path, dpi=100)
+
+
 def plot_ranking(labels: Sequence[str], values: Sequence[float], path: str | os.PathLike, xlabel: str = "",
                  title: str = "", reference: float | None = None, reference_label: str = "") -> Path:
     """Horizontal bars, the first value at the top (a ranking, worst first); ``reference`` draws a

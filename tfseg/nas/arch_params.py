@@ -141,15 +141,39 @@ def path_probabilities(beta_probs, end: int):
     return tf.stack(rows[::-1], axis=0)
 
 
-def random_architecture(space: SearchSpace, rng: np.random.Generator) -> Architecture:
-    """A uniformly random two-branch net of ``space`` (each cell of the lattice draws one input edge, op
-    and width, so the branches agree where they meet, as a derived net's do)."""
+TILT_SHARPNESS = 8.0  # at |tilt| 1 the extreme option is about e^8 times likelier than the other extreme
+
+
+def _tilted_choice(rng: np.random.Generator, options, tilt: float, costs=None):
+    """One of ``options``, uniform at ``tilt`` 0; towards the costliest (by ``costs``, else the order
+    given) as ``tilt`` goes to +1 and the cheapest as it goes to -1."""
+    options = list(options)
+    if not tilt or len(options) == 1:
+        return options[int(rng.integers(len(options)))]
+    rank = np.argsort(np.argsort(costs if costs is not None else np.arange(len(options))))
+    logits = TILT_SHARPNESS * tilt * (rank / (len(options) - 1) - 0.5)
+    weights = np.exp(logits - logits.max())
+    return options[int(rng.choice(len(options), p=weights / weights.sum()))]
+
+
+def random_architecture(space: SearchSpace, rng: np.random.Generator, tilt: float = 0.0,
+                        op_costs: dict | None = None) -> Architecture:
+    """A random two-branch net of ``space`` (each cell of the lattice draws one input edge, op and
+    width, so the branches agree where they meet, as a derived net's do).
+
+    ``tilt`` in [-1, 1] leans every op and width choice towards the cheap (-1) or costly (+1) end, so
+    a sample of tilts spans the space's latency range where uniform nets (tilt 0) bunch in its middle;
+    ops are ranked by ``op_costs`` (op -> any cost), else taken in ``space.ops`` order."""
+    if not -1.0 <= tilt <= 1.0:
+        raise ValueError(f"tilt must be in [-1, 1], got {tilt}")
+    op_cost = None if op_costs is None else [op_costs[op] for op in space.ops]
     edges, choice = beta_mask(space), {}
     for layer in range(space.num_layers):
         for s, scale in enumerate(SCALES):
             if space.cell_exists(layer, scale):
-                choice[layer, s] = (int(rng.choice(np.flatnonzero(edges[layer, s]))), str(rng.choice(space.ops)),
-                                    int(rng.choice(space.cell_width_choices(scale))))
+                choice[layer, s] = (int(rng.choice(np.flatnonzero(edges[layer, s]))),
+                                    str(_tilted_choice(rng, space.ops, tilt, op_cost)),
+                                    int(_tilted_choice(rng, space.cell_width_choices(scale), tilt)))
     branches = []
     for end in (SCALES[-1], SECOND_BRANCH_SCALES[rng.integers(2)]):
         s, path = SCALES.index(end), []
@@ -157,8 +181,8 @@ def random_architecture(space: SearchSpace, rng: np.random.Generator) -> Archite
             path.append((layer, s))
             s -= choice[layer, s][0]
         branches.append(tuple(Cell(SCALES[s], *choice[layer, s][1:]) for layer, s in reversed(path)))
-    stem = tuple(int(rng.choice(space.stem_width_choices(i))) for i in range(3))
-    return Architecture(space, stem, int(rng.choice(space.head_width_choices())), tuple(branches))
+    stem = tuple(int(_tilted_choice(rng, space.stem_width_choices(i), tilt)) for i in range(3))
+    return Architecture(space, stem, int(_tilted_choice(rng, space.head_width_choices(), tilt)), tuple(branches))
 
 
 __all__ = ["SECOND_BRANCH_SCALES", "ArchParameters", "random_architecture", "beta_mask", "lattice_mask", "most_probable_path",

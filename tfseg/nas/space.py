@@ -14,7 +14,9 @@ Every spatial size is computed explicitly from the input size (``feature_sizes``
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 from tfseg.errors import ConfigError
 
@@ -139,4 +141,19 @@ class SearchSpace:
         return cls(**values)
 
 
-__all__ = ["MIN_INPUT_SIDE", "OPS", "SCALES", "SearchSpace", "check_input_size", "feature_sizes", "halve"]
+def space_document(text) -> dict:
+    """A ``--space`` option's value: a SearchSpace as JSON text or the path of a JSON file (empty: {}, the
+    default space)."""
+    if not text:
+        return {}
+    source = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        document = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--space {text!r}: neither a JSON file nor JSON text ({error})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"--space {text!r}: a search space is a JSON object, got {type(document).__name__}")
+    return document
+
+
+__all__ = ["MIN_INPUT_SIDE", "OPS", "SCALES", "SearchSpace", "check_input_size", "feature_sizes", "halve", "space_document"]

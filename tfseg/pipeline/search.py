@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 from tfseg import data as seg_data
@@ -32,6 +33,7 @@ from tfseg.nas.latency_table import LatencyTable, installed_runtime_version
 from tfseg.nas.lbt import LBTController, lbt_dataset
 from tfseg.nas.space import SearchSpace, check_input_size
 from tfseg.nas.supernet import SuperNet
+from tfseg.options import augment_options
 from tfseg.report import plot_tradeoff
 from tfseg.runs import Run
 from tfseg.train import progress_verbosity
@@ -70,7 +72,7 @@ class SearchConfig:
     warmup_epochs: int = 2
     learning_rate: float = 0.02
     arch_learning_rate: float = 3e-4
-    augment: dict | None = None
+    augment: dict | None = None  # tfseg.data.Augment options ({} its defaults); None: no augmentation
     teacher_run: str | None = None
     lbt: bool = False
     lbt_student: str = "fastseg_tiny"
@@ -81,6 +83,7 @@ class SearchConfig:
     def __post_init__(self):
         self.proxy_size = check_input_size(self.proxy_size)
         self.deploy_size = check_input_size(self.deploy_size)
+        self.augment = augment_options(self.augment)
         if self.latency_band is not None:
             self.latency_band = tuple(float(v) for v in self.latency_band)
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -128,7 +131,8 @@ def _datasets(config: SearchConfig, train_split):
     """(weights, architecture[, unlabeled]) parts of the train split as batched pipelines."""
     fractions = [0.5, 0.5] if not config.lbt else [(1 - config.unlabeled_fraction) / 2] * 2 + [config.unlabeled_fraction]
     parts = partition(train_split, fractions, config.seed, names=["weights", "architecture", "unlabeled"][:len(fractions)])
-    pipelines = [seg_data.train_pipeline(part, config.proxy_size, config.batch_size, augment=config.augment,
+    augment = None if config.augment is None else seg_data.Augment(**config.augment)
+    pipelines = [seg_data.train_pipeline(part, config.proxy_size, config.batch_size, augment=augment,
                                          seed=config.seed + i, repeat=True, drop_remainder=True)
                  for i, part in enumerate(parts)]
     steps = max(1, max(len(part) for part in parts[:2]) // config.batch_size)
@@ -173,6 +177,7 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
         another runtime, a teacher trained on other classes — all before any training.
     """
     out = Path(config.out_dir)
+    started = time.time()
     if is_finished(out):
         return Architecture.load(out / "architecture.json")
     keras.utils.set_random_seed(config.seed)
@@ -188,18 +193,26 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
               "parts": {part.name: len(part) for part in parts}, "steps_per_epoch": steps,
               "latency_table_file": str(config.table_path), "latency_table_meta": latency.table.meta}
     out.mkdir(parents=True, exist_ok=True)
+    spent_before = read_record(out).get("search_seconds", 0.0)  # a resumed search adds to its earlier time
+    record["search_seconds"] = spent_before
     write_json(out / SEARCH_FILE, record)
     initial_epoch = controller.restore_state(out / "state")
     val_data = seg_data.train_pipeline(val_split, config.proxy_size, config.batch_size, augment=None, shuffle=False)
+    def record_time(*_):  # each epoch, so that a killed search's time still counts when it resumes
+        record["search_seconds"] = round(spent_before + time.time() - started, 1)
+        write_json(out / SEARCH_FILE, record)
+
     callbacks = [*search_callbacks(out, config.latency_band),
-                 keras.callbacks.CSVLogger(str(out / "log.csv"), append=True)]
+                 keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
+                 keras.callbacks.LambdaCallback(on_epoch_end=record_time)]
     controller.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
                    validation_data=val_data, callbacks=callbacks, verbose=progress_verbosity(verbose))
     architecture = controller.supernet.arch.derive()
     architecture.save(out / "architecture.json")
     plot_search(out / "history.jsonl", out / "log.csv", out / "search.png")
     write_json(out / SEARCH_FILE, {**record, "complete": True, "epochs_run": int(controller.finished_epochs.numpy()),
-                                   "predicted_ms": latency.predict(architecture)})
+                                   "predicted_ms": latency.predict(architecture),
+                                   "search_seconds": round(spent_before + time.time() - started, 1)})
     return architecture
 
 

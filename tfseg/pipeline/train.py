@@ -21,6 +21,7 @@ from tfseg.data.info import DatasetInfo
 from tfseg.errors import ConfigError
 from tfseg.evaluate import LabelResolutionValidation, evaluate
 from tfseg.losses import median_frequency_weights
+from tfseg.options import augment_options
 from tfseg.runs import Run, write_run
 from tfseg.train import check_output_classes, compile_for_segmentation, fit, make_optimizer
 
@@ -65,8 +66,7 @@ class TrainConfig:
     distribute: str = "none"
 
     def __post_init__(self):
-        if isinstance(self.augment, bool):  # chain files say augment = false / true (TOML has no null)
-            self.augment = {} if self.augment else None
+        self.augment = augment_options(self.augment)
         for key in ("crop_size", "eval_size"):
             if getattr(self, key) is not None:
                 setattr(self, key, tuple(getattr(self, key)))
