@@ -12,6 +12,7 @@ from tfseg.nas.arch_params import lattice_mask
 from tfseg.nas.architecture import Architecture
 from tfseg.nas.controller import (
     ArchitectureLog,
+    DerivedWidthBatchNorm,
     LatencyBand,
     SearchController,
     StopOnSkippedSteps,
@@ -213,3 +214,19 @@ def test_latency_band_and_skip_takeover_callbacks():
         search.supernet.arch.alpha.assign(alpha)
         stop.on_epoch_end(0, {})
         assert search.stop_training == stops, op
+
+
+def test_precise_bn_for_validation_uses_the_argmax_widths_and_restores_sampling(monkeypatch):
+    supernet = SuperNet(SPACE, SIZE, CLASSES)
+    seen = []
+    sample = supernet.width_weights
+    monkeypatch.setattr(supernet, "width_weights", lambda training: seen.append(supernet.sample_widths) or sample(training))
+    stem_bn = next(layer for layer in supernet.stem_blocks[0].layers if isinstance(layer, keras.layers.BatchNormalization))
+    before = stem_bn.moving_mean.numpy().copy()
+    callback = DerivedWidthBatchNorm(supernet, batches(num=4, batch=2), num_batches=2)
+    callback.on_test_begin()
+    assert seen == [False, False] and supernet.sample_widths  # two batches at argmax widths, then sampling again
+    assert not np.allclose(stem_bn.moving_mean.numpy(), before)
+    supernet.sample_widths = False  # training mode with sampling off: the argmax widths
+    assert all(np.array_equal(a, b) for a, b in zip(supernet.width_weights(True).values(),
+                                                  supernet.width_weights(False).values()))

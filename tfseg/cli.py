@@ -284,7 +284,7 @@ def _cmd_search(args) -> int:
         latency_threads=args.latency_threads, latency_weight=args.latency_weight, latency_band=args.latency_band,
         batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs, learning_rate=args.lr,
         arch_learning_rate=args.arch_lr, teacher_run=args.teacher, lbt=args.lbt, lbt_student=args.lbt_student,
-        teaching_weight=args.teaching_weight, seed=args.seed)
+        teaching_weight=args.teaching_weight, precise_bn=args.precise_bn, seed=args.seed)
     architecture = search.run(config)
     record = search.read_record(args.out)
     print(f"\nderived network: predicted {record['predicted_ms']:.2f} ms int8 at "
@@ -659,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--lbt", action="store_true", help="learning by teaching (a student taught on held-out images)")
     sr.add_argument("--lbt-student", default="fastseg_tiny", help="zoo model of the LBT student")
     sr.add_argument("--teaching-weight", type=float, default=1.0, help="gamma of the LBT term")
+    sr.add_argument("--precise-bn", type=int, default=8, metavar="BATCHES",
+                    help="re-estimate the supernet's BN statistics at its argmax widths on this many training "
+                         "batches before each validation (0: off)")
     sr.add_argument("--seed", type=int, default=0)
     sr.set_defaults(func=_cmd_search)
     return parser

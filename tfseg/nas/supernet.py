@@ -77,6 +77,8 @@ class SuperNet(keras.Model):
         self.input_size = check_input_size(input_size)
         self.num_classes = int(num_classes)
         self.temperature = float(temperature)
+        # False: training mode uses the argmax widths too (batch-norm re-estimation for validation)
+        self.sample_widths = True
         self.arch = ArchParameters(space)
         self._edges = beta_mask(space)  # [L, 3, 2] numpy: which input edges exist
         sizes = feature_sizes(self.input_size)
@@ -133,7 +135,7 @@ class SuperNet(keras.Model):
         """Per-choice weights of gamma, gamma_stem, gamma_head: hard Gumbel samples in training, else one-hot argmax."""
         arch = self.arch
         logits = {"gamma": arch.gamma, "gamma_stem": arch.gamma_stem, "gamma_head": arch.gamma_head}
-        if training:
+        if training and self.sample_widths:
             return {key: hard_gumbel_softmax(value, self.temperature) for key, value in logits.items()}
         return {key: tf.one_hot(tf.argmax(value, axis=-1), int(value.shape[-1])) for key, value in logits.items()}
 

@@ -27,7 +27,7 @@ from tfseg.checkpoint import write_json
 from tfseg.data.subsets import partition
 from tfseg.errors import ConfigError
 from tfseg.nas.architecture import Architecture
-from tfseg.nas.controller import SearchController, paired_dataset, search_callbacks
+from tfseg.nas.controller import DerivedWidthBatchNorm, SearchController, paired_dataset, search_callbacks
 from tfseg.nas.expected_latency import LatencyModel
 from tfseg.nas.latency_table import LatencyTable, installed_runtime_version
 from tfseg.nas.lbt import LBTController, lbt_dataset
@@ -78,6 +78,7 @@ class SearchConfig:
     lbt_student: str = "fastseg_tiny"
     teaching_weight: float = 1.0
     unlabeled_fraction: float = 0.2
+    precise_bn: int = 8  # training batches the supernet's BN statistics are re-estimated on before validation
     seed: int = 0
 
     def __post_init__(self):
@@ -128,7 +129,8 @@ def latency_model(config: SearchConfig, num_classes: int, verbose="auto") -> Lat
 
 
 def _datasets(config: SearchConfig, train_split):
-    """(weights, architecture[, unlabeled]) parts of the train split as batched pipelines."""
+    """The train split's parts (weights, architecture[, unlabeled]) as the controller's paired
+    batches, with the steps per epoch, the parts and the weights part's own batches."""
     fractions = [0.5, 0.5] if not config.lbt else [(1 - config.unlabeled_fraction) / 2] * 2 + [config.unlabeled_fraction]
     parts = partition(train_split, fractions, config.seed, names=["weights", "architecture", "unlabeled"][:len(fractions)])
     augment = None if config.augment is None else seg_data.Augment(**config.augment)
@@ -137,7 +139,7 @@ def _datasets(config: SearchConfig, train_split):
                  for i, part in enumerate(parts)]
     steps = max(1, max(len(part) for part in parts[:2]) // config.batch_size)
     data = paired_dataset(*pipelines) if not config.lbt else lbt_dataset(*pipelines)
-    return data, steps, parts
+    return data, steps, parts, pipelines[0]
 
 
 def _controller(config: SearchConfig, num_classes: int, latency: LatencyModel, warmup_steps: int):
@@ -187,7 +189,7 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
     if config.teacher_run and Run.open(config.teacher_run).info.class_names != info.class_names:
         raise ConfigError(f"the teacher in {config.teacher_run} was trained on other classes than {config.dataset!r}")
     latency = latency_model(config, info.num_classes, verbose=verbose)
-    data, steps, parts = _datasets(config, train_split)
+    data, steps, parts, weight_batches = _datasets(config, train_split)
     controller = _controller(config, info.num_classes, latency, warmup_steps=config.warmup_epochs * steps)
     record = {**config.to_dict(), "stage": "search", "info": info.to_dict(), "complete": False,
               "parts": {part.name: len(part) for part in parts}, "steps_per_epoch": steps,
@@ -202,7 +204,8 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
         record["search_seconds"] = round(spent_before + time.time() - started, 1)
         write_json(out / SEARCH_FILE, record)
 
-    callbacks = [*search_callbacks(out, config.latency_band),
+    precise_bn = [DerivedWidthBatchNorm(controller.supernet, weight_batches, config.precise_bn)] if config.precise_bn else []
+    callbacks = [*precise_bn, *search_callbacks(out, config.latency_band),
                  keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
                  keras.callbacks.LambdaCallback(on_epoch_end=record_time)]
     controller.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
