@@ -63,23 +63,32 @@ def run_search(variant: str, seed: int, args) -> Path:
     return out
 
 
-def retrain(search_out: Path, seed: int, args) -> Path:
-    """The derived net trained with the students' schedule and distillation; returns the run directory."""
+def retrain(search_out: Path, architecture: dict, seed: int, args) -> Path:
+    """The derived net trained with the students' schedule and distillation; returns the run directory.
+    The architecture comes from the results file, so a retrain needs no search directory."""
     out = search_out / "retrain"
+    arch_file = search_out / "searched_architecture.json"
+    if not arch_file.exists():
+        arch_file.parent.mkdir(parents=True, exist_ok=True)
+        arch_file.write_text(json.dumps(architecture, indent=1) + "\n")
     schedule = argparse.Namespace(**{**vars(args), "epochs": args.retrain_epochs, "weights": None})
-    train_student(out, "searched", {"architecture": str(search_out / "architecture.json")}, False,
-                  RETRAIN_LOSSES, seed, schedule)
+    train_student(out, "searched", {"architecture": str(arch_file)}, False, RETRAIN_LOSSES, seed, schedule)
     return out
 
 
 def search_summary(search_out: Path) -> dict:
+    """What the results file keeps of a search: its time, the derived net, and per epoch the
+    predicted ms, w and skip share of the argmax net and the supernet's val mIoU."""
     from tfseg.pipeline import search
 
     record = search.read_record(search_out)
     history = [json.loads(line) for line in (search_out / "history.jsonl").read_text().splitlines() if line.strip()]
+    lines = (search_out / "log.csv").read_text().splitlines()
+    miou = lines[0].split(",").index("val_miou")
     return {"search_seconds": record.get("search_seconds"), "predicted_ms": record.get("predicted_ms"),
             "epochs": record.get("epochs_run"), "architecture": json.loads((search_out / "architecture.json").read_text()),
-            "final_latency_weight": history[-1].get("latency_weight") if history else None}
+            "search_history": [{key: h[key] for key in ("epoch", "predicted_ms", "w", "skip_op_share")} for h in history],
+            "supernet_val_miou": [round(float(line.split(",")[miou]), 4) for line in lines[1:]]}
 
 
 def _mean(values) -> float:
@@ -166,6 +175,7 @@ def main(argv=None):
     parser.add_argument("--distill-search", action="store_true", help="distil the teacher into the supernet too")
     parser.add_argument("--no-retrain", action="store_true")
     parser.add_argument("--pareto-only", action="store_true")
+    parser.add_argument("--no-pareto", action="store_true")
     parser.add_argument("--runs", type=int, default=30, help="timed invokes per net and thread count")
     parser.add_argument("--retrain-epochs", type=int, default=30)
     parser.add_argument("--precise-bn", type=int, default=16)
@@ -173,16 +183,21 @@ def main(argv=None):
     if not args.pareto_only:
         for seed in args.seeds:
             for variant in args.variants:
-                out = run_search(variant, seed, args)
-                summary = search_summary(out)
-                print(f"{out}: searched in {summary['search_seconds']:.0f} s, predicted {summary['predicted_ms']:.2f} ms",
-                      flush=True)
-                if args.no_retrain:
+                row = f"searched_{variant}"
+                recorded = json.loads(RESULTS.read_text()).get(row, {}).get(str(seed), {}) if RESULTS.exists() else {}
+                if "architecture" not in recorded:  # searched here, recorded at once: a retrain elsewhere needs only the file
+                    out = run_search(variant, seed, args)
+                    recorded = search_summary(out)
+                    merge_result(row, seed, recorded, RESULTS)
+                print(f"{row} seed {seed}: searched in {recorded['search_seconds']:.0f} s, predicted "
+                      f"{recorded['predicted_ms']:.2f} ms", flush=True)
+                if args.no_retrain or "test_miou" in recorded:
                     continue
-                run_dir = retrain(out, seed, args)
-                merge_result(f"searched_{variant}", seed, {**summary, **figures(run_dir, args.camvid)}, RESULTS)
-    print(f"teacher test mIoU {100 * test_miou(Path(args.teacher), args.camvid):.2f}")
-    print_pareto(pareto_points(args))
+                run_dir = retrain(search_dir(args, variant, seed), recorded["architecture"], seed, args)
+                merge_result(row, seed, {**recorded, **figures(run_dir, args.camvid)}, RESULTS)
+    if not args.no_pareto:
+        print(f"teacher test mIoU {100 * test_miou(Path(args.teacher), args.camvid):.2f}")
+        print_pareto(pareto_points(args))
 
 
 if __name__ == "__main__":

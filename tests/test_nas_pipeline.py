@@ -59,7 +59,7 @@ def test_a_table_from_another_runtime_is_refused(tmp_path, capsys):
 def test_search_resumes_and_its_net_builds_as_a_zoo_model(tmp_path):
     config = dict(out_dir=str(tmp_path / "s"), data_options={"num_images": 16}, space=SPACE.to_dict(),
                   proxy_size=(64, 64), deploy_size=(64, 64), latency_table=filled_table(tmp_path / "t.json", classes=6),
-                  batch_size=4, warmup_epochs=1, latency_band=(0.0, 1.0), augment={"scale": (0.75, 1.25)})
+                  batch_size=4, warmup_epochs=1, latency_band=(0.0, 1.0), augment={"scale": (0.75, 1.25)}, precise_bn=2)
     search.run(search.SearchConfig(**config, epochs=1), verbose=0)
     assert not search.is_finished(tmp_path / "s") or search.read_record(tmp_path / "s")["epochs_run"] == 1
     killed = {**search.read_record(tmp_path / "s"), "complete": False, "search_seconds": 1000.0}
@@ -78,7 +78,7 @@ def test_search_resumes_and_its_net_builds_as_a_zoo_model(tmp_path):
 def test_a_chain_trains_the_net_its_search_stage_derived(tmp_path):
     _, stages = chain.plan({
         "out": str(tmp_path), "dataset": "scenes",
-        "nas": {"stage": "search", "space": SPACE.to_dict(), "epochs": 1, "warmup_epochs": 0},
+        "nas": {"stage": "search", "space": SPACE.to_dict(), "epochs": 1, "warmup_epochs": 0, "precise_bn": 2},
         "net": {"stage": "train", "model": "searched", "model_options": {"architecture": "nas"}, "epochs": 1},
     })
     assert [s.kind for s in stages] == ["search", "train"] and not stages[0].finished()
