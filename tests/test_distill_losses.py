@@ -314,6 +314,17 @@ def test_cwd_matches_reference(data, temperature):
     assert_close(cwd(t, s, None), ref_cwd(t, s, all_valid, temperature))
 
 
+def test_cwd_cannot_see_a_per_class_logit_offset(data):
+    """CWD softmaxes each class map over space, so a constant per-class offset (a teacher's logit
+    adjustment, a class prior) leaves its targets unchanged: such a teacher fix cannot reach a CWD
+    student (issue 19), where it changes pixel-wise KD's."""
+    t, s, labels, _ = data
+    offset = np.linspace(-3.0, 3.0, t.shape[-1]).astype(t.dtype)
+    cwd = ChannelWiseKD(temperature=4.0, pool_size=1)
+    assert_close(cwd(t + offset, s, labels), cwd(t, s, labels))
+    assert not np.allclose(PixelKD()(t + offset, s, labels), PixelKD()(t, s, labels))
+
+
 def test_pooled_cwd_is_cwd_of_patch_means(data):
     t, s, labels, y = data
 

@@ -90,13 +90,20 @@ def plot_curves(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | N
     return _save_figure(plt, fig, path, dpi=90)
 
 
-def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
-    """One panel per quantity in ``ys`` against ``x`` over a list of records (e.g. pruning rounds)."""
+def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | os.PathLike, title: str = "",
+                  log_scale: Sequence[str] = (), bands: dict | None = None) -> Path:
+    """One panel per quantity in ``ys`` against ``x`` over a list of records (e.g. pruning rounds);
+    the quantities in ``log_scale`` on a log axis, ``bands`` ({quantity: (low, high)}) shaded."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(ys), figsize=(4 * len(ys), 3.2), squeeze=False)
     xs = [row[x] for row in rows]
     for ax, key in zip(axes[0], ys):
         ax.plot(xs, [row.get(key) for row in rows], marker="o")
+        if key in log_scale:
+            ax.set_yscale("log")
+        if bands and key in bands:
+            ax.axhspan(*bands[key], color="tab:green", alpha=0.15, label="target band")
+            ax.legend(fontsize=8)
         ax.set_xlabel(x)
         ax.set_title(key)
         ax.grid(alpha=0.3)

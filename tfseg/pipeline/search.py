@@ -157,8 +157,9 @@ def _controller(config: SearchConfig, num_classes: int, latency: LatencyModel, w
     return controller
 
 
-def plot_search(history_path: Path, log_csv: Path, path: Path):
-    """Val mIoU of the supernet and predicted latency of the derived net, per epoch."""
+def plot_search(history_path: Path, log_csv: Path, path: Path, band=None):
+    """Per epoch: the supernet's val mIoU, the derived net's predicted latency (``band`` shaded) and
+    the latency weight w."""
     if not history_path.exists() or not log_csv.exists():
         return None
     history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
@@ -166,9 +167,11 @@ def plot_search(history_path: Path, log_csv: Path, path: Path):
     header = lines[0].split(",")
     miou = {int(row.split(",")[0]) + 1: float(row.split(",")[header.index("val_miou")]) for row in lines[1:]} \
         if "val_miou" in header else {}
-    rows = [{"epoch": h["epoch"], "predicted ms": h["predicted_ms"], "supernet val mIoU": 100 * miou.get(h["epoch"], float("nan"))}
-            for h in history]
-    return plot_tradeoff(rows, "epoch", ["supernet val mIoU", "predicted ms"], path, title="architecture search")
+    rows = [{"epoch": h["epoch"], "predicted ms": h["predicted_ms"], "latency weight w": h["w"],
+             "supernet val mIoU": 100 * miou.get(h["epoch"], float("nan"))} for h in history]
+    return plot_tradeoff(rows, "epoch", ["supernet val mIoU", "predicted ms", "latency weight w"], path,
+                         title="architecture search", log_scale=["latency weight w"],
+                         bands={"predicted ms": band} if band else None)
 
 
 def run(config: SearchConfig, verbose="auto") -> Architecture:
@@ -212,7 +215,7 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
                    validation_data=val_data, callbacks=callbacks, verbose=progress_verbosity(verbose))
     architecture = controller.supernet.arch.derive()
     architecture.save(out / "architecture.json")
-    plot_search(out / "history.jsonl", out / "log.csv", out / "search.png")
+    plot_search(out / "history.jsonl", out / "log.csv", out / "search.png", config.latency_band)
     write_json(out / SEARCH_FILE, {**record, "complete": True, "epochs_run": int(controller.finished_epochs.numpy()),
                                    "predicted_ms": latency.predict(architecture),
                                    "search_seconds": round(spent_before + time.time() - started, 1)})
