@@ -44,8 +44,19 @@ FASTSEG_TINY_QUOTED = {"fastseg_tiny, random init": 0.4191, "fastseg_tiny, rando
 HAND_ARCHITECTURES = {"lraspp": LRASPP, "deeplabv3plus": DEEPLABV3PLUS, "fastseg_tiny": ("fastseg_tiny", {})}
 
 
+# --balanced: equal weights of the decoupled ops / path / widths terms and w set at the first
+# architecture step so that the latency gradient matches the segmentation loss's. With FasterSeg's
+# (1, 497, 2) / 500 the path term outweighs the op and width terms 250-500x, and on this space the
+# op and width choices needed w ~ 200-650 before the latency term moved them (docs/benchmarks.md).
+BALANCED = {"latency_coefficients": (1 / 3, 1 / 3, 1 / 3), "latency_balance": 1.0}
+
+
+def row_name(variant: str, args) -> str:
+    return f"searched_{variant}{'_balanced' if args.balanced else ''}"
+
+
 def search_dir(args, variant: str, seed: int) -> Path:
-    return Path(args.out) / f"{variant}_seed{seed}"
+    return Path(args.out) / f"{row_name(variant, args).removeprefix('searched_')}_seed{seed}"
 
 
 def run_search(variant: str, seed: int, args) -> Path:
@@ -58,7 +69,7 @@ def run_search(variant: str, seed: int, args) -> Path:
         proxy_size=tuple(args.proxy_size), deploy_size=DEPLOY_SIZE, latency_table=args.table,
         latency_band=tuple(args.band), batch_size=8, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         augment=AUGMENT, teacher_run=args.teacher if args.distill_search else None,
-        lbt=variant == "lbt", seed=seed)
+        lbt=variant == "lbt", seed=seed, **(BALANCED if args.balanced else {}))
     search.run(config, verbose=2)
     return out
 
@@ -172,6 +183,8 @@ def main(argv=None):
                         help="target band of predicted int8 ms at 360x480, 1 thread")
     parser.add_argument("--epochs", type=int, default=40, help="search epochs")
     parser.add_argument("--warmup-epochs", type=int, default=15)
+    parser.add_argument("--balanced", action="store_true",
+                        help="equal latency-term weights and w balanced at the first architecture step")
     parser.add_argument("--distill-search", action="store_true", help="distil the teacher into the supernet too")
     parser.add_argument("--no-retrain", action="store_true")
     parser.add_argument("--pareto-only", action="store_true")
@@ -183,7 +196,7 @@ def main(argv=None):
     if not args.pareto_only:
         for seed in args.seeds:
             for variant in args.variants:
-                row = f"searched_{variant}"
+                row = row_name(variant, args)
                 recorded = json.loads(RESULTS.read_text()).get(row, {}).get(str(seed), {}) if RESULTS.exists() else {}
                 if "architecture" not in recorded:  # searched here, recorded at once: a retrain elsewhere needs only the file
                     out = run_search(variant, seed, args)

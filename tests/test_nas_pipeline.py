@@ -39,6 +39,7 @@ def test_search_command_names_a_bad_space_and_a_foreign_table(tmp_path):
     (["--proxy-size", "16x16"], "input size (16, 16) is too small"),
     (["--space", '{"cell_widths": [8, 16, 30], "width_ratios": [0.25, 1.0]}'], "30 x 0.25 = 7.5"),
     (["--warmup-epochs", "5", "--epochs", "2"], "warmup_epochs must be between 0 and epochs"),
+    (["--latency-balance", "0"], "latency_balance must be > 0"),
 ])
 def test_search_command_refuses_bad_sizes_widths_and_schedules(tmp_path, capsys, args, message):
     assert main(["search", "--out", str(tmp_path / "s"), *args]) == 2

@@ -12,6 +12,7 @@ from tfseg.nas.arch_params import lattice_mask
 from tfseg.nas.architecture import Architecture
 from tfseg.nas.controller import (
     ArchitectureLog,
+    BalanceLatencyWeight,
     DerivedWidthBatchNorm,
     LatencyBand,
     SearchController,
@@ -230,3 +231,25 @@ def test_precise_bn_for_validation_uses_the_argmax_widths_and_restores_sampling(
     supernet.sample_widths = False  # training mode with sampling off: the argmax widths
     assert all(np.array_equal(a, b) for a, b in zip(supernet.width_weights(True).values(),
                                                   supernet.width_weights(False).values()))
+
+
+def test_latency_weight_is_balanced_once_at_the_first_architecture_step():
+    search = controller(warmup_steps=2, latency_weight=1e-4, latency_coefficients=(1, 1, 1))
+    search.supernet.sample_widths = False  # deterministic forward passes for the check below
+    images, labels = next(iter(batches(4, seed=1)))
+    w = search.balanced_latency_weight(images, labels, balance=2.0)
+    with tf.GradientTape(persistent=True) as tape:
+        seg = tf.reduce_mean(search._seg_loss(labels, search.supernet(images, training=True)))
+        latency = search._latency_term(search.supernet.arch.probabilities())
+    norm = lambda value: float(tf.linalg.global_norm([g for g in tape.gradient(value, search.arch_variables)  # noqa: E731
+                                                      if g is not None]))
+    assert w * norm(latency) == pytest.approx(2.0 * norm(seg), rel=1e-4)
+
+    callback = BalanceLatencyWeight(batches(4, seed=1), balance=2.0, num_batches=1)
+    search.fit(data(), epochs=1, verbose=0, callbacks=[callback])  # the warm-up: w untouched
+    assert callback.calibrated is None and float(search.latency_weight.numpy()) == pytest.approx(1e-4)
+    search.fit(data(), epochs=1, verbose=0, callbacks=[callback])
+    assert callback.calibrated > 0 and float(search.latency_weight.numpy()) == pytest.approx(callback.calibrated)
+    resumed = BalanceLatencyWeight(batches(4, seed=1), balance=2.0, num_batches=1)
+    search.fit(data(), epochs=1, verbose=0, callbacks=[resumed])  # past the first architecture step: kept
+    assert resumed.calibrated is None

@@ -282,6 +282,7 @@ def _cmd_search(args) -> int:
         out_dir=args.out, dataset=args.dataset, data_options=_data_options(args), space=space_document(args.space),
         proxy_size=args.proxy_size, deploy_size=args.deploy_size, latency_table=args.latency_table,
         latency_threads=args.latency_threads, latency_weight=args.latency_weight, latency_band=args.latency_band,
+        latency_coefficients=args.latency_coefficients, latency_balance=args.latency_balance,
         batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs, learning_rate=args.lr,
         arch_learning_rate=args.arch_lr, teacher_run=args.teacher, lbt=args.lbt, lbt_student=args.lbt_student,
         teaching_weight=args.teaching_weight, precise_bn=args.precise_bn, seed=args.seed)
@@ -648,6 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--latency-table", help="table file (default OUT/latency_table.json, measured on demand)")
     sr.add_argument("--latency-threads", type=int, default=1, help="thread count the search optimises (default 1)")
     sr.add_argument("--latency-weight", type=float, default=0.01, help="w of the latency term (FasterSeg 0.01)")
+    sr.add_argument("--latency-coefficients", type=float, nargs=3, metavar=("OPS", "PATH", "WIDTHS"),
+                    default=[1 / 500, 497 / 500, 2 / 500],
+                    help="weights of the decoupled latency terms (default FasterSeg's 1/500 497/500 2/500)")
+    sr.add_argument("--latency-balance", type=float, metavar="R",
+                    help="at the first architecture step set w so that the latency gradient is R x the "
+                         "segmentation loss's (instead of keeping --latency-weight)")
     sr.add_argument("--latency-band", type=float, nargs=2, metavar=("LOW_MS", "HIGH_MS"),
                     help="adapt w after each epoch: doubled above HIGH, halved below LOW")
     sr.add_argument("--batch-size", type=int, default=8)

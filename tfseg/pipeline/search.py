@@ -27,7 +27,14 @@ from tfseg.checkpoint import write_json
 from tfseg.data.subsets import partition
 from tfseg.errors import ConfigError
 from tfseg.nas.architecture import Architecture
-from tfseg.nas.controller import DerivedWidthBatchNorm, SearchController, paired_dataset, search_callbacks
+from tfseg.nas.controller import (
+    LATENCY_COEFFICIENTS,
+    BalanceLatencyWeight,
+    DerivedWidthBatchNorm,
+    SearchController,
+    paired_dataset,
+    search_callbacks,
+)
 from tfseg.nas.expected_latency import LatencyModel
 from tfseg.nas.latency_table import LatencyTable, installed_runtime_version
 from tfseg.nas.lbt import LBTController, lbt_dataset
@@ -66,6 +73,11 @@ class SearchConfig:
     latency_dtype: str = "int8"
     latency_threads: int = 1
     latency_weight: float = 0.01
+    # (ops, path, widths) weights of the decoupled latency terms; FasterSeg's (1, 497, 2) / 500 by default
+    latency_coefficients: tuple = LATENCY_COEFFICIENTS
+    # w at the first architecture step := this x the ratio of the segmentation loss's gradient norm
+    # to the latency term's (BalanceLatencyWeight); None keeps latency_weight
+    latency_balance: float | None = None
     latency_band: tuple | None = None
     batch_size: int = 8
     epochs: int = 4
@@ -85,6 +97,9 @@ class SearchConfig:
         self.proxy_size = check_input_size(self.proxy_size)
         self.deploy_size = check_input_size(self.deploy_size)
         self.augment = augment_options(self.augment)
+        self.latency_coefficients = tuple(float(c) for c in self.latency_coefficients)
+        if self.latency_balance is not None and self.latency_balance <= 0:
+            raise ConfigError(f"latency_balance must be > 0, got {self.latency_balance}")
         if self.latency_band is not None:
             self.latency_band = tuple(float(v) for v in self.latency_band)
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -130,7 +145,7 @@ def latency_model(config: SearchConfig, num_classes: int, verbose="auto") -> Lat
 
 def _datasets(config: SearchConfig, train_split):
     """The train split's parts (weights, architecture[, unlabeled]) as the controller's paired
-    batches, with the steps per epoch, the parts and the weights part's own batches."""
+    batches, with the steps per epoch, the parts and the weights and architecture parts' own batches."""
     fractions = [0.5, 0.5] if not config.lbt else [(1 - config.unlabeled_fraction) / 2] * 2 + [config.unlabeled_fraction]
     parts = partition(train_split, fractions, config.seed, names=["weights", "architecture", "unlabeled"][:len(fractions)])
     augment = None if config.augment is None else seg_data.Augment(**config.augment)
@@ -139,13 +154,14 @@ def _datasets(config: SearchConfig, train_split):
                  for i, part in enumerate(parts)]
     steps = max(1, max(len(part) for part in parts[:2]) // config.batch_size)
     data = paired_dataset(*pipelines) if not config.lbt else lbt_dataset(*pipelines)
-    return data, steps, parts, pipelines[0]
+    return data, steps, parts, pipelines[:2]
 
 
 def _controller(config: SearchConfig, num_classes: int, latency: LatencyModel, warmup_steps: int):
     supernet = SuperNet(config.search_space, config.proxy_size, num_classes)
     teacher = Run.open(config.teacher_run).model(size=config.proxy_size) if config.teacher_run else None
-    common = dict(latency_weight=config.latency_weight, warmup_steps=warmup_steps, teacher=teacher)
+    common = dict(latency_weight=config.latency_weight, latency_coefficients=config.latency_coefficients,
+                  warmup_steps=warmup_steps, teacher=teacher)
     if config.lbt:
         student = models.build(config.lbt_student, (*config.proxy_size, 3), num_classes)
         controller = LBTController(supernet, latency, student=student, teaching_weight=config.teaching_weight, **common)
@@ -192,7 +208,7 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
     if config.teacher_run and Run.open(config.teacher_run).info.class_names != info.class_names:
         raise ConfigError(f"the teacher in {config.teacher_run} was trained on other classes than {config.dataset!r}")
     latency = latency_model(config, info.num_classes, verbose=verbose)
-    data, steps, parts, weight_batches = _datasets(config, train_split)
+    data, steps, parts, (weight_batches, arch_batches) = _datasets(config, train_split)
     controller = _controller(config, info.num_classes, latency, warmup_steps=config.warmup_epochs * steps)
     record = {**config.to_dict(), "stage": "search", "info": info.to_dict(), "complete": False,
               "parts": {part.name: len(part) for part in parts}, "steps_per_epoch": steps,
@@ -208,7 +224,8 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
         write_json(out / SEARCH_FILE, record)
 
     precise_bn = [DerivedWidthBatchNorm(controller.supernet, weight_batches, config.precise_bn)] if config.precise_bn else []
-    callbacks = [*precise_bn, *search_callbacks(out, config.latency_band),
+    balance = [BalanceLatencyWeight(arch_batches, config.latency_balance)] if config.latency_balance else []
+    callbacks = [*precise_bn, *balance, *search_callbacks(out, config.latency_band),
                  keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
                  keras.callbacks.LambdaCallback(on_epoch_end=record_time)]
     controller.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
