@@ -97,6 +97,7 @@ def search_summary(search_out: Path) -> dict:
     lines = (search_out / "log.csv").read_text().splitlines()
     miou = lines[0].split(",").index("val_miou")
     return {"search_seconds": record.get("search_seconds"), "predicted_ms": record.get("predicted_ms"),
+            "architecture_epoch": record.get("architecture_epoch"),
             "epochs": record.get("epochs_run"), "architecture": json.loads((search_out / "architecture.json").read_text()),
             "search_history": [{key: h[key] for key in ("epoch", "predicted_ms", "w", "skip_op_share")} for h in history],
             "supernet_val_miou": [round(float(line.split(",")[miou]), 4) for line in lines[1:]]}

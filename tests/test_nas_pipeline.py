@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_cli_errors import error_line, tfseg
 from test_nas_latency import CLASSES, SPACE, FakeMeasure
 
 from tfseg import models
 from tfseg.cli import main
+from tfseg.nas.arch_params import random_architecture
 from tfseg.nas.latency_table import LatencyTable, keys_for_space
 from tfseg.pipeline import chain, search
 
@@ -84,3 +86,19 @@ def test_a_chain_trains_the_net_its_search_stage_derived(tmp_path):
     })
     assert [s.kind for s in stages] == ["search", "train"] and not stages[0].finished()
     assert stages[1].config.model_options["architecture"] == str(tmp_path / "nas" / "architecture.json")
+
+
+def test_a_search_stopped_by_skips_keeps_the_net_from_before_they_took_over(tmp_path):
+    nets = {epoch: random_architecture(SPACE, np.random.default_rng(epoch)) for epoch in (1, 2, 3, 4)}
+    derived = nets.pop(4)
+    for epoch, net in nets.items():
+        net.save(tmp_path / f"arch_epoch{epoch:03d}.json")
+    shares = {1: 1.0, 2: 0.4, 3: 0.6}  # warm-up (ties pick skip), searching, collapsed
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "skip_op_share": s}) + "\n"
+                                                    for e, s in shares.items()))
+    assert nets[2] != derived
+    assert search.final_architecture(tmp_path, derived) == (nets[2], 2)
+    shares[3] = 0.5  # at the limit: the search's own result stands
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "skip_op_share": s}) + "\n"
+                                                    for e, s in shares.items()))
+    assert search.final_architecture(tmp_path, derived) == (derived, None)

@@ -46,6 +46,7 @@ from tfseg.runs import Run
 from tfseg.train import progress_verbosity
 
 SEARCH_FILE = "search.json"
+MAX_SKIP_SHARE = 0.5  # the early stop's limit on skip ops in the derived net (DARTS+)
 
 
 @dataclasses.dataclass
@@ -190,6 +191,21 @@ def plot_search(history_path: Path, log_csv: Path, path: Path, band=None):
                          bands={"predicted ms": band} if band else None)
 
 
+def final_architecture(out: Path, derived: Architecture, max_skip_share: float = MAX_SKIP_SHARE):
+    """The search's result and the epoch it is from (None: derived at the end): ``derived``, unless
+    skips took over (more than ``max_skip_share`` of its cells, the early stop's rule), then the last
+    epoch's architecture before they did (DARTS+ keeps the net from before the collapse)."""
+    history_path = out / "history.jsonl"
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
+        if history_path.exists() else []
+    if not history or history[-1]["skip_op_share"] <= max_skip_share:
+        return derived, None
+    earlier = [h["epoch"] for h in history if h["skip_op_share"] <= max_skip_share]
+    if not earlier:
+        return derived, None
+    return Architecture.load(out / f"arch_epoch{earlier[-1]:03d}.json"), earlier[-1]
+
+
 def run(config: SearchConfig, verbose="auto") -> Architecture:
     """Searches; resumes a killed search in ``config.out_dir``; returns the derived architecture.
 
@@ -225,16 +241,16 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
 
     precise_bn = [DerivedWidthBatchNorm(controller.supernet, weight_batches, config.precise_bn)] if config.precise_bn else []
     balance = [BalanceLatencyWeight(arch_batches, config.latency_balance)] if config.latency_balance else []
-    callbacks = [*precise_bn, *balance, *search_callbacks(out, config.latency_band),
+    callbacks = [*precise_bn, *balance, *search_callbacks(out, config.latency_band, max_skip_op_share=MAX_SKIP_SHARE),
                  keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
                  keras.callbacks.LambdaCallback(on_epoch_end=record_time)]
     controller.fit(data, epochs=config.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
                    validation_data=val_data, callbacks=callbacks, verbose=progress_verbosity(verbose))
-    architecture = controller.supernet.arch.derive()
+    architecture, epoch = final_architecture(out, controller.supernet.arch.derive())
     architecture.save(out / "architecture.json")
     plot_search(out / "history.jsonl", out / "log.csv", out / "search.png", config.latency_band)
     write_json(out / SEARCH_FILE, {**record, "complete": True, "epochs_run": int(controller.finished_epochs.numpy()),
-                                   "predicted_ms": latency.predict(architecture),
+                                   "predicted_ms": latency.predict(architecture), "architecture_epoch": epoch,
                                    "search_seconds": round(spent_before + time.time() - started, 1)})
     return architecture
 
