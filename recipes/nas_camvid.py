@@ -97,7 +97,8 @@ def search_summary(search_out: Path) -> dict:
     lines = (search_out / "log.csv").read_text().splitlines()
     miou = lines[0].split(",").index("val_miou")
     return {"search_seconds": record.get("search_seconds"), "predicted_ms": record.get("predicted_ms"),
-            "architecture_epoch": record.get("architecture_epoch"),
+            "architecture_epoch": record.get("architecture_epoch"), "latency_band": record.get("latency_band"),
+            "latency_coefficients": record.get("latency_coefficients"), "latency_balance": record.get("latency_balance"),
             "epochs": record.get("epochs_run"), "architecture": json.loads((search_out / "architecture.json").read_text()),
             "search_history": [{key: h[key] for key in ("epoch", "predicted_ms", "w", "skip_op_share")} for h in history],
             "supernet_val_miou": [round(float(line.split(",")[miou]), 4) for line in lines[1:]]}
@@ -116,6 +117,7 @@ def pareto_points(args) -> list:
     students = json.loads(STUDENT_RESULTS.read_text()) if STUDENT_RESULTS.exists() else {}
     searched = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     builds = {name: (model, options) for name, (model, options) in HAND_ARCHITECTURES.items()}
+    searched = {row: {seed: r for seed, r in seeds.items() if "test_miou" in r} for row, seeds in searched.items()}
     for row, seeds in searched.items():
         for seed, result in seeds.items():
             builds[f"{row}_seed{seed}"] = ("searched", {"architecture": result["architecture"]})
