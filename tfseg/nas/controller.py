@@ -460,19 +460,24 @@ class StopOnSkippedSteps(keras.callbacks.Callback):
 
 
 class StopOnSkipTakeover(keras.callbacks.Callback):
-    """DARTS+'s early stop: after the warm-up, stops when more than ``max_share`` of the derived
-    network's cells are ``skip``."""
+    """DARTS+'s early stop: stops when more than ``max_share`` of the derived network's cells are
+    ``skip`` after the search had brought the share to ``max_share`` or below. At the end of the
+    warm-up every op ties and the argmax is ``skip`` (the first op), so a high share before the
+    architecture has moved away from it is the start, not a take-over."""
 
     def __init__(self, max_share: float = 0.5):
         super().__init__()
         self.max_share = float(max_share)
+        self.below_seen = False
 
     def on_epoch_end(self, epoch, logs=None):
         controller = self.model
         if not controller.searching:
             return
         share = _skip_share(controller.supernet.arch.derive())
-        if share > self.max_share:
+        if share <= self.max_share:
+            self.below_seen = True
+        elif self.below_seen:
             controller.stop_training = True
             print(f"search stopped: skip ops took over ({share:.0%} of the derived cells)")
 
