@@ -112,7 +112,7 @@ def plot_tradeoff(rows: Sequence[dict], x: str, ys: Sequence[str], path: str | o
     return _save_figure(plt, fig, path, dpi=90)
 
 
-AXIS_LABELS = {"latency_ms": "LiteRT latency (ms)", "miou_litert": "mIoU in LiteRT (%)", "miou_keras": "mIoU in Keras (%)"}
+AXIS_LABELS = {"latency_ms": "LiteRT latency (ms)", "miou": "mIoU (%)", "miou_litert": "mIoU in LiteRT (%)", "miou_keras": "mIoU in Keras (%)"}
 
 
 def plot_accuracy_latency(rows: Sequence[dict], path: str | os.PathLike, x: str = "latency_ms",
