@@ -93,19 +93,13 @@ def search_summary(search_out: Path) -> dict:
     from tfseg.pipeline import search
 
     record = search.read_record(search_out)
-    history = [json.loads(line) for line in (search_out / "history.jsonl").read_text().splitlines() if line.strip()]
-    lines = (search_out / "log.csv").read_text().splitlines()
-    miou = lines[0].split(",").index("val_miou")
     return {"search_seconds": record.get("search_seconds"), "predicted_ms": record.get("predicted_ms"),
             "architecture_epoch": record.get("architecture_epoch"), "latency_band": record.get("latency_band"),
             "latency_coefficients": record.get("latency_coefficients"), "latency_balance": record.get("latency_balance"),
             "epochs": record.get("epochs_run"), "architecture": json.loads((search_out / "architecture.json").read_text()),
-            "search_history": [{key: h[key] for key in ("epoch", "predicted_ms", "w", "skip_op_share")} for h in history],
-            "supernet_val_miou": [round(float(line.split(",")[miou]), 4) for line in lines[1:]]}
-
-
-def _mean(values) -> float:
-    return statistics.mean(values)
+            "search_history": [{key: h[key] for key in ("epoch", "predicted_ms", "w", "skip_op_share")}
+                               for h in search.read_history(search_out)],
+            "supernet_val_miou": [round(v, 4) for v in search.supernet_val_miou(search_out).values()]}
 
 
 def pareto_points(args) -> list:
@@ -116,7 +110,7 @@ def pareto_points(args) -> list:
 
     students = json.loads(STUDENT_RESULTS.read_text()) if STUDENT_RESULTS.exists() else {}
     searched = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    builds = {name: (model, options) for name, (model, options) in HAND_ARCHITECTURES.items()}
+    builds = dict(HAND_ARCHITECTURES)
     searched = {row: {seed: r for seed, r in seeds.items() if "test_miou" in r} for row, seeds in searched.items()}
     for row, seeds in searched.items():
         for seed, result in seeds.items():
@@ -134,7 +128,7 @@ def pareto_points(args) -> list:
     for row, seeds in students.items():
         arch = next(name for name in HAND_ARCHITECTURES if row.startswith(name))
         points.append({"label": row, "group": "hand-designed (ImageNet or scratch)", "architecture": arch,
-                       "miou": _mean([r["test_miou"] for r in seeds.values()]), "seeds": sorted(seeds),
+                       "miou": statistics.mean(r["test_miou"] for r in seeds.values()), "seeds": sorted(seeds),
                        "latency_ms": ms(arch, 1), "latency_ms_2": ms(arch, 2)})
     for title, miou in FASTSEG_TINY_QUOTED.items():
         points.append({"label": title, "group": "hand-designed (ImageNet or scratch)", "architecture": "fastseg_tiny",

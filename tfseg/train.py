@@ -96,6 +96,16 @@ def tracked_metrics(model) -> list:
     return listed
 
 
+def per_sample_loss(loss_fn, labels, logits):
+    """``loss_fn`` as one float32 value per sample (B,): a Keras ``Loss`` unreduced (its ``call``),
+    element-wise losses averaged over the non-batch axes."""
+    values = loss_fn.call(labels, logits) if isinstance(loss_fn, keras.losses.Loss) else loss_fn(labels, logits)
+    values = tf.cast(values, tf.float32)
+    if values.shape.rank and values.shape.rank > 1:
+        values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+    return values
+
+
 def segmentation_metrics(num_classes: int) -> list:
     """The metrics shown in the progress bar: mean IoU and pixel accuracy."""
     return [seg_metrics.MeanIoU(num_classes, name="miou"), seg_metrics.PixelAccuracy(num_classes, name="pixel_accuracy")]

@@ -22,7 +22,7 @@ from tfseg.distill import taps
 from tfseg.distill.losses import DistillationLoss, PixelKD
 from tfseg.errors import ConfigError
 from tfseg.losses import SegmentationCrossEntropy
-from tfseg.train import segmentation_metrics, tracked_metrics
+from tfseg.train import per_sample_loss, segmentation_metrics, tracked_metrics
 
 
 class Distiller(keras.Model):
@@ -153,12 +153,7 @@ class Distiller(keras.Model):
         return self.student(inputs, training=training)
 
     def _per_sample_student_loss(self, labels, logits):
-        fn = self.student_loss_fn
-        values = fn.call(labels, logits) if isinstance(fn, keras.losses.Loss) else fn(labels, logits)
-        values = tf.cast(values, tf.float32)
-        if values.shape.rank and values.shape.rank > 1:  # element-wise losses: mean per sample
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-        return values
+        return per_sample_loss(self.student_loss_fn, labels, logits)
 
     def _distillation_terms(self, teacher_maps, student_maps, labels) -> dict:
         terms = {}

@@ -42,7 +42,7 @@ from tfseg.batchnorm import PreciseBatchNorm
 from tfseg.distill.losses import DistillationLoss, PixelKD
 from tfseg.errors import ConfigError
 from tfseg.losses import SegmentationCrossEntropy
-from tfseg.train import segmentation_metrics, tracked_metrics
+from tfseg.train import per_sample_loss, segmentation_metrics, tracked_metrics
 
 LATENCY_COEFFICIENTS = (1 / 500, 497 / 500, 2 / 500)  # FasterSeg's (ops, path, widths)
 
@@ -210,11 +210,7 @@ class SearchController(keras.Model):
 
     def _seg_loss(self, labels, logits):
         """Per-sample segmentation loss (B,)."""
-        fn = self.seg_loss_fn
-        values = tf.cast(fn.call(labels, logits) if isinstance(fn, keras.losses.Loss) else fn(labels, logits), tf.float32)
-        if values.shape.rank and values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-        return values
+        return per_sample_loss(self.seg_loss_fn, labels, logits)
 
     def _latency_term(self, probs):
         latency = self.latency_model.decoupled(probs)

@@ -43,6 +43,7 @@ import shlex
 from pathlib import Path
 
 from tfseg._keras import keras
+from tfseg.checkpoint import atomic_write
 from tfseg.models.common import image_input, normalize
 from tfseg.models.searched import cell_op, stem
 from tfseg.models.searched import head
@@ -390,10 +391,8 @@ class LatencyTable:
         path = Path(path) if path is not None else self.path
         if path is None:
             raise ConfigError("latency table: no path to save to")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        document = json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(document))
         self.path = path
         return path
 

@@ -174,16 +174,29 @@ def _controller(config: SearchConfig, num_classes: int, latency: LatencyModel, w
     return controller
 
 
-def plot_search(history_path: Path, log_csv: Path, path: Path, band=None):
+def read_history(out_dir) -> list:
+    """The search's per-epoch records (``history.jsonl``: epoch, predicted ms, w, skip share, the
+    cells), [] before its first epoch."""
+    path = Path(out_dir) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def supernet_val_miou(out_dir) -> dict:
+    """Epoch (from 1) -> the supernet's val mIoU, from the search's ``log.csv`` ({} without one)."""
+    path = Path(out_dir) / "log.csv"
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines or "val_miou" not in lines[0].split(","):
+        return {}
+    column = lines[0].split(",").index("val_miou")
+    return {int(row.split(",")[0]) + 1: float(row.split(",")[column]) for row in lines[1:]}
+
+
+def plot_search(out_dir, path: Path, band=None):
     """Per epoch: the supernet's val mIoU, the derived net's predicted latency (``band`` shaded) and
     the latency weight w."""
-    if not history_path.exists() or not log_csv.exists():
+    history, miou = read_history(out_dir), supernet_val_miou(out_dir)
+    if not history or not miou:
         return None
-    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-    lines = log_csv.read_text().splitlines()
-    header = lines[0].split(",")
-    miou = {int(row.split(",")[0]) + 1: float(row.split(",")[header.index("val_miou")]) for row in lines[1:]} \
-        if "val_miou" in header else {}
     rows = [{"epoch": h["epoch"], "predicted ms": h["predicted_ms"], "latency weight w": h["w"],
              "supernet val mIoU": 100 * miou.get(h["epoch"], float("nan"))} for h in history]
     return plot_tradeoff(rows, "epoch", ["supernet val mIoU", "predicted ms", "latency weight w"], path,
@@ -195,9 +208,7 @@ def final_architecture(out: Path, derived: Architecture, max_skip_share: float =
     """The search's result and the epoch it is from (None: derived at the end): ``derived``, unless
     skips took over (more than ``max_skip_share`` of its cells, the early stop's rule), then the last
     epoch's architecture before they did (DARTS+ keeps the net from before the collapse)."""
-    history_path = out / "history.jsonl"
-    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
-        if history_path.exists() else []
+    history = read_history(out)
     if not history or history[-1]["skip_op_share"] <= max_skip_share:
         return derived, None
     earlier = [h["epoch"] for h in history if h["skip_op_share"] <= max_skip_share]
@@ -248,11 +259,12 @@ def run(config: SearchConfig, verbose="auto") -> Architecture:
                    validation_data=val_data, callbacks=callbacks, verbose=progress_verbosity(verbose))
     architecture, epoch = final_architecture(out, controller.supernet.arch.derive())
     architecture.save(out / "architecture.json")
-    plot_search(out / "history.jsonl", out / "log.csv", out / "search.png", config.latency_band)
+    plot_search(out, out / "search.png", config.latency_band)
     write_json(out / SEARCH_FILE, {**record, "complete": True, "epochs_run": int(controller.finished_epochs.numpy()),
                                    "predicted_ms": latency.predict(architecture), "architecture_epoch": epoch,
                                    "search_seconds": round(spent_before + time.time() - started, 1)})
     return architecture
 
 
-__all__ = ["SEARCH_FILE", "SearchConfig", "is_finished", "latency_model", "read_record", "run"]
+__all__ = ["SEARCH_FILE", "SearchConfig", "final_architecture", "is_finished", "latency_model", "read_history",
+           "read_record", "run", "supernet_val_miou"]
