@@ -35,6 +35,10 @@ def test_search_command_names_a_bad_space_and_a_foreign_table(tmp_path):
     line = error_line(proc, "search")
     assert "table.json" in line and "measured at 64x64" in line and "deploys at 96x96" in line
     assert not (tmp_path / "s" / "state").exists()  # nothing trained
+    proc = tfseg("search", "--out", tmp_path / "s", "--space", "{num_layers: 4", cwd=tmp_path)
+    assert "neither a JSON file nor JSON text" in error_line(proc, "search")
+    proc = tfseg("search", "--out", tmp_path / "s", "--latency-balance", "-1", cwd=tmp_path)
+    assert "latency_balance must be > 0, got -1.0" in error_line(proc, "search")
 
 
 @pytest.mark.parametrize("args, message", [
